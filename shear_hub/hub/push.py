@@ -1,0 +1,217 @@
+"""Push a model folder to the Hugging Face Hub in one commit, then check the remote against the local folder.
+
+Why one ``create_commit`` and not ``upload_folder``: with ``hf_xet`` installed, ``upload_folder`` may split a
+folder into several commits; a single commit is atomic on the Hub, so an interrupted push never leaves a
+half-updated model visible, and re-running it uploads only what is missing (already stored large files are
+skipped by the server, unchanged files are dropped from the commit, an unchanged folder makes no commit).
+
+The token comes from ``token=``, ``HF_TOKEN`` or the huggingface_hub login, and is never printed or logged:
+errors are rebuilt from status codes, never from request headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ShearHubError
+
+REPO_TYPES = ("model", "dataset", "space")
+URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+# Never uploaded: VCS / caches / the hidden temporaries of shear_hub.io.atomic_output_dir.
+_SKIP_DIRS = {".git", ".cache", ".huggingface", "__pycache__", ".ipynb_checkpoints"}
+_REPO_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$")
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: str  # posix path inside the repo
+    abspath: Path
+    size: int
+
+
+def local_files(folder: Path) -> list[LocalFile]:
+    """Files the push mirrors: everything except VCS/cache folders and hidden temporaries."""
+    out = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part in _SKIP_DIRS or part.endswith((".tmp", ".part")) for part in rel.parts):
+            continue
+        if any(part.startswith(".") and ".tmp-" in part for part in rel.parts):
+            continue
+        if path.is_file():
+            out.append(LocalFile(rel.as_posix(), path, path.stat().st_size))
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _git_blob_sha1(path: Path) -> str:
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _http_error(err: Exception, what: str, endpoint: str) -> ShearHubError:
+    """One-line error with the fix; built from the status code so no header (token) can leak."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(err, RevisionNotFoundError):
+        return ShearHubError(f"{what}: revision not found on {endpoint}; check --revision")
+    if isinstance(err, RepositoryNotFoundError):
+        return ShearHubError(
+            f"{what}: repository not found or not accessible on {endpoint}; check REPO_ID/--repo-type and that "
+            "the token can write to that namespace"
+        )
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if isinstance(err, HfHubHTTPError) and status == 401:
+        return ShearHubError(
+            f"{what}: the Hub rejected the token (401); pass a valid write token with --token, set HF_TOKEN, "
+            "or run `hf auth login`"
+        )
+    if isinstance(err, HfHubHTTPError) and status == 403:
+        return ShearHubError(f"{what}: permission denied (403); use a token with write access to this repo")
+    if isinstance(err, HfHubHTTPError):
+        return ShearHubError(f"{what}: the Hub answered HTTP {status}; re-run the push (it resumes) or check {endpoint}")
+    return ShearHubError(f"{what}: cannot reach {endpoint} ({type(err).__name__}); check --endpoint and the network")
+
+
+def _space_sdk(folder: Path) -> str:
+    """A Space needs an SDK at creation: read it from the README front matter, default gradio."""
+    readme = folder / "README.md"
+    if readme.is_file():
+        match = re.search(r"^sdk:\s*['\"]?([\w-]+)", readme.read_text(encoding="utf-8", errors="replace"), re.M)
+        if match:
+            return match.group(1)
+    return "gradio"
+
+
+def repo_url(endpoint: str, repo_type: str, repo_id: str, revision: str | None = None) -> str:
+    url = f"{endpoint.rstrip('/')}/{URL_PREFIX[repo_type]}{repo_id}"
+    return f"{url}/tree/{revision}" if revision else url
+
+
+def verify_remote(api, folder: Path, repo_id: str, *, repo_type: str, revision: str,
+                  files: list[LocalFile] | None = None) -> int:
+    """Compare the remote tree at ``revision`` with ``folder``: same paths, sha256 for LFS files, git blob
+    sha1 for regular ones. Raises ShearHubError on any difference; returns the number of files checked."""
+    from huggingface_hub.hf_api import RepoFile
+
+    files = local_files(folder) if files is None else files
+    remote = {
+        entry.path: entry
+        for entry in api.list_repo_tree(repo_id, recursive=True, revision=revision, repo_type=repo_type)
+        if isinstance(entry, RepoFile)
+    }
+    local = {f.path: f for f in files}
+    problems = []
+    missing = sorted(set(local) - set(remote))
+    extra = sorted(set(remote) - set(local) - {".gitattributes"})  # the Hub adds .gitattributes itself
+    if missing:
+        problems.append(f"missing remotely: {', '.join(missing[:5])}")
+    if extra:
+        problems.append(f"only remote: {', '.join(extra[:5])}")
+    for path in sorted(set(local) & set(remote)):
+        lf, rf = local[path], remote[path]
+        if rf.lfs is not None:
+            same = rf.lfs.size == lf.size and rf.lfs.sha256 == _sha256(lf.abspath)
+        else:
+            same = rf.size == lf.size and rf.blob_id == _git_blob_sha1(lf.abspath)
+        if not same:
+            problems.append(f"content differs: {path}")
+    if problems:
+        raise ShearHubError(
+            f"remote {repo_type} {repo_id}@{revision[:12]} does not match the local folder ({'; '.join(problems[:4])}); "
+            "re-run the push to repair it"
+        )
+    return len(local)
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    repo_type: str = "model",
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Mirror ``folder`` into ``repo_id`` in one commit, verify it, and return the URL of the result.
+
+    Creates the repo (and the branch ``revision``) when needed. Remote files that are not in the folder are
+    deleted in the same commit (except ``.gitattributes``), so the remote equals the folder afterwards.
+    With ``create_pr`` the commit opens a pull request against ``revision`` (default main) and the PR URL is
+    returned.
+    """
+    import httpx2
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ShearHubError(f"{folder} is not a folder; give the path of a model folder to push")
+    if repo_type not in REPO_TYPES:
+        raise ShearHubError(f"unknown repo type {repo_type!r}; use one of {', '.join(REPO_TYPES)}")
+    files = local_files(folder)
+    if not files:
+        raise ShearHubError(f"{folder} has no files to push; point at a model folder")
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    api = HfApi(endpoint=endpoint, token=token)
+    transport_errors = (HfHubHTTPError, httpx2.HTTPError, OSError)
+
+    if "/" not in repo_id:  # bare name: the Hub puts it in the token owner's namespace
+        try:
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+        except transport_errors as err:
+            raise _http_error(err, "cannot find your user name for a bare REPO_ID", endpoint) from None
+    namespace, _, name = repo_id.partition("/")
+    if not (_REPO_NAME.match(namespace) and _REPO_NAME.match(name)) or "/" in name:
+        raise ShearHubError(f"invalid REPO_ID {repo_id!r}; use namespace/name with letters, digits, '-', '_', '.'")
+
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
+                        space_sdk=_space_sdk(folder) if repo_type == "space" else None)
+    except transport_errors as err:
+        raise _http_error(err, f"cannot create {repo_type} repo {repo_id}", endpoint) from None
+
+    base = revision or constants.DEFAULT_REVISION
+    try:
+        if base != constants.DEFAULT_REVISION:
+            api.create_branch(repo_id, branch=base, repo_type=repo_type, exist_ok=True)
+        remote_paths = set(api.list_repo_files(repo_id, repo_type=repo_type, revision=base))
+    except transport_errors as err:
+        raise _http_error(err, f"cannot read {repo_id}@{base}", endpoint) from None
+
+    local_paths = {f.path for f in files}
+    operations: list = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.abspath)) for f in files]
+    operations += [CommitOperationDelete(path_in_repo=p) for p in sorted(remote_paths - local_paths - {".gitattributes"})]
+    message = commit_message or f"Upload {folder.name} with shear-hub"
+    try:
+        info = api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type,
+                                 revision=base, create_pr=create_pr)
+    except transport_errors as err:
+        raise _http_error(err, f"upload to {repo_id} failed", endpoint) from None
+    except ValueError as err:  # e.g. README.md metadata rejected by the Hub, or a malformed server answer
+        raise ShearHubError(f"upload to {repo_id} failed: {str(err).splitlines()[0]}; fix the folder and re-run") from None
+
+    try:
+        verify_remote(api, folder, repo_id, repo_type=repo_type, revision=info.oid, files=files)
+    except transport_errors as err:
+        raise _http_error(err, f"cannot verify {repo_id} after upload", endpoint) from None
+    if create_pr and info.pr_url:
+        return info.pr_url
+    return repo_url(endpoint, repo_type, repo_id, revision)
