@@ -1,0 +1,110 @@
+"""Text sources for calibration, recovery and evaluation, and their tokenized windows."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import ShearHubError
+
+BUILTIN_CALIB = "builtin:pydocs"
+
+
+def builtin_calibration_text() -> str:
+    return resources.files("shear_hub.resources").joinpath("pydocs_calib.txt").read_text(encoding="utf-8")
+
+
+def load_text(spec: str | None) -> str:
+    """Text of a source: None / 'builtin:pydocs' (shipped), a .txt/.jsonl/.parquet file, or a Hub dataset
+    ``name[:config[:split]]`` loaded with ``datasets``."""
+    if spec in (None, "", BUILTIN_CALIB, "builtin"):
+        return builtin_calibration_text()
+    path = Path(spec).expanduser()
+    if path.suffix in (".txt", ".jsonl", ".json", ".parquet") or path.exists():
+        if not path.is_file():
+            raise ShearHubError(f"data file {spec} not found; give an existing .txt/.jsonl/.parquet file or a Hub dataset id")
+        text = _read_file(path)
+    else:
+        text = _read_hub_dataset(spec)
+    if not text.strip():
+        raise ShearHubError(f"data source {spec} holds no text; give a file or dataset with a 'text' column")
+    return text
+
+
+def _read_file(path: Path) -> str:
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            return "\n\n".join(str(t) for t in table.column(_text_column(table.column_names, path)).to_pylist() if t)
+        if path.suffix in (".jsonl", ".json"):
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return "\n\n".join(_row_text(row, path) for row in rows)
+        return path.read_text(encoding="utf-8")
+    except ShearHubError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ShearHubError(f"cannot read data file {path} ({exc}); give UTF-8 text, JSON lines or parquet") from exc
+    except Exception as exc:  # pyarrow errors
+        raise ShearHubError(f"cannot read data file {path} ({exc}); is it a valid file of that type?") from exc
+
+
+def _text_column(columns: list[str], where: object) -> str:
+    for name in ("text", "content", "document", "instruction"):
+        if name in columns:
+            return name
+    raise ShearHubError(f"{where} has no 'text' column (columns: {', '.join(columns)}); add one or pick another source")
+
+
+def _row_text(row: object, where: Path) -> str:
+    if isinstance(row, str):
+        return row
+    if isinstance(row, dict):
+        return str(row[_text_column(list(row), where)])
+    raise ShearHubError(f"{where}: each JSON line must be an object with a 'text' field")
+
+
+def _read_hub_dataset(spec: str) -> str:
+    parts = spec.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise ShearHubError(f"bad data spec {spec!r}; use a file path or name[:config[:split]]")
+    name, config, split = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None), (parts[2] if len(parts) > 2 else "train")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:
+        raise ShearHubError(f"could not load dataset {spec!r} ({' '.join(str(exc).split())[:200]}); check the name, network or use a local file") from exc
+    return "\n\n".join(str(t) for t in ds[_text_column(ds.column_names, spec)] if t)
+
+
+def tokenize_text(tokenizer, text: str) -> torch.Tensor:
+    """One long stream of token ids (no special tokens: windows are cut from the middle of text)."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def random_windows(tokens: torch.Tensor, n: int, seq_len: int, seed: int) -> torch.Tensor:
+    """``n`` windows of ``seq_len`` tokens at random offsets (fixed by ``seed``)."""
+    if tokens.numel() < seq_len + 1:
+        raise ShearHubError(f"calibration text has {tokens.numel()} tokens, fewer than --seq-len {seq_len}; give more text or a smaller --seq-len")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, tokens.numel() - seq_len, (n,), generator=gen)
+    return torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])
+
+
+def sequential_windows(tokens: torch.Tensor, n: int | None, seq_len: int) -> torch.Tensor:
+    """Consecutive non-overlapping windows from the start (the evaluation protocol)."""
+    available = tokens.numel() // seq_len
+    if available == 0:
+        raise ShearHubError(f"evaluation text has {tokens.numel()} tokens, fewer than --seq-len {seq_len}")
+    count = available if n is None else min(n, available)
+    return tokens[: count * seq_len].view(count, seq_len)
+
+
+def calibration_batches(tokenizer, spec: str | None, samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    return random_windows(tokenize_text(tokenizer, load_text(spec)), samples, seq_len, seed)

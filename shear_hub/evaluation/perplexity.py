@@ -1,0 +1,32 @@
+"""Perplexity over consecutive windows of a text (the protocol every number in benchmarks/ uses)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import load_text, sequential_windows, tokenize_text
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, data: str | None = None, *, seq_len: int = 512, windows: int | None = 48,
+               batch_size: int = 4, text: str | None = None, progress: bool = False) -> float:
+    """exp(mean next-token NLL) over ``windows`` consecutive ``seq_len``-token windows of ``data``."""
+    tokens = tokenize_text(tokenizer, text if text is not None else load_text(data))
+    batches = sequential_windows(tokens, windows, seq_len)
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(batches), batch_size), desc="perplexity", disable=not progress):
+        ids = batches[start : start + batch_size].to(device)
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+        )
+        total_nll += nll.item()
+        total_tokens += ids[:, 1:].numel()
+    model.train(was_training)
+    return math.exp(total_nll / total_tokens)

@@ -1,0 +1,61 @@
+"""Per-layer ("shear") configurations: a base family's config plus one set of widths per decoder layer.
+
+This file is shipped inside every per-layer model folder and imports transformers only (never shear_hub), so the
+folder loads with ``trust_remote_code=True`` anywhere. ``import shear_hub`` registers the same classes with the Auto
+classes so no remote code is needed where shear_hub is installed.
+
+``layer_dims`` holds one dict per decoder layer with ``num_attention_heads``, ``num_key_value_heads`` and
+``intermediate_size``; 0 heads means the attention block was removed, 0 intermediate means the MLP block was removed.
+Top-level ``num_attention_heads`` etc. hold the widest layer's values (what tools that size caches read).
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+PER_LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+
+
+class _PerLayerConfigMixin:
+    """Adds per-layer widths; relaxes the hidden % heads check (head_dim is always explicit here)."""
+
+    def validate_architecture(self) -> None:  # noqa: D401 - strict-dataclass hook
+        dims = getattr(self, "layer_dims", None) or []
+        if dims and len(dims) != self.num_hidden_layers:
+            raise ValueError(f"layer_dims has {len(dims)} entries for {self.num_hidden_layers} layers")
+        for entry in dims:
+            heads, kv = entry["num_attention_heads"], entry["num_key_value_heads"]
+            if (heads == 0) != (kv == 0) or (kv and heads % kv):
+                raise ValueError(f"invalid head layout {heads} query / {kv} key-value heads")
+
+    def layer_config(self, layer_idx: int):
+        """A copy of this config with the widths of one layer (what the stock layer classes read)."""
+        import copy
+
+        cfg = copy.copy(self)
+        for field in PER_LAYER_FIELDS:
+            setattr(cfg, field, self.layer_dims[layer_idx][field])
+        if cfg.num_attention_heads == 0:  # attention block removed: keep a valid (unused) layout
+            cfg.num_attention_heads = cfg.num_key_value_heads = 1
+        return cfg
+
+
+@strict
+class ShearLlamaConfig(_PerLayerConfigMixin, LlamaConfig):
+    model_type = "shear_llama"
+
+
+@strict
+class ShearMistralConfig(_PerLayerConfigMixin, MistralConfig):
+    model_type = "shear_mistral"
+
+
+@strict
+class ShearQwen2Config(_PerLayerConfigMixin, Qwen2Config):
+    model_type = "shear_qwen2"
+
+
+@strict
+class ShearQwen3Config(_PerLayerConfigMixin, Qwen3Config):
+    model_type = "shear_qwen3"

@@ -1,0 +1,310 @@
+"""Architecture adapters: the only place that knows module names and config fields of a model family.
+
+A decoder-only family is described by *roles*: which parameter is a query/key/value/output projection, an MLP
+projection, a hidden-sized norm vector, the embedding or the LM head. Groups, parameter counts, surgery and configs
+are all derived from roles, so a family whose modules follow the q/k/v/o + gate/up/down pattern is one small subclass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import ShearHubError
+from ..graph import (
+    ATTN_BLOCKS, HEADS, HIDDEN, LAYERS, MLP, MLP_BLOCKS, QHEADS, WHOLE,
+    Group, LayerDims, ModelDims, StructureGraph, TensorSlice,
+)
+
+# Roles of parameters
+Q, K, V, O, GATE, UP, DOWN = "q", "k", "v", "o", "gate", "up", "down"
+NORM, EMBED, LM_HEAD, FIXED = "norm", "embed", "lm_head", "fixed"
+ATTN_ROLES = (Q, K, V, O)
+MLP_ROLES = (GATE, UP, DOWN)
+
+
+@dataclass(frozen=True)
+class ParamRole:
+    role: str
+    layer: int | None  # decoder layer, None for embeddings / final norm / head
+    is_bias: bool
+    attn_fixed: bool = False  # a FIXED param that belongs to the attention block (e.g. Qwen3 q_norm)
+
+
+class DecoderAdapter:
+    """Llama-pattern decoder (q/k/v/o, gate/up/down, RMSNorm). Subclasses override names and config mapping."""
+
+    model_types: tuple[str, ...] = ()
+    layers_prefix = "model.layers"
+    module_roles = {
+        "self_attn.q_proj": Q, "self_attn.k_proj": K, "self_attn.v_proj": V, "self_attn.o_proj": O,
+        "mlp.gate_proj": GATE, "mlp.up_proj": UP, "mlp.down_proj": DOWN,
+        "input_layernorm": NORM, "post_attention_layernorm": NORM,
+    }
+    attn_fixed_modules: tuple[str, ...] = ()  # per-layer params owned by attention but not sliced (q_norm...)
+    global_roles = {"model.embed_tokens.weight": EMBED, "model.norm.weight": NORM, "lm_head.weight": LM_HEAD}
+    norm_eps_field = "rms_norm_eps"
+    hidden_exact = True  # RMSNorm: hidden-channel removal is exact with the eps/weight rescale
+    supported_kinds = (HEADS, QHEADS, MLP, HIDDEN, LAYERS, ATTN_BLOCKS, MLP_BLOCKS)
+    per_layer_model_type: str = ""  # e.g. "shear_llama"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.config = model.config
+        state = {n: p for n, p in model.named_parameters()}
+        self.param_shapes_cache = {n: tuple(p.shape) for n, p in state.items()}
+        self.roles = {n: self.role_of(n) for n in state}
+        self._by_layer: dict[int, list] = {}
+        unknown = [n for n, r in self.roles.items() if r is None]
+        if unknown:
+            raise ShearHubError(f"{type(model).__name__}: parameter {unknown[0]} has no known role; this variant is not supported")
+
+    # ----- roles -------------------------------------------------------------------------------------------
+    def role_of(self, name: str) -> ParamRole | None:
+        if name in self.global_roles:
+            return ParamRole(self.global_roles[name], None, False)
+        m = re.match(rf"{re.escape(self.layers_prefix)}\.(\d+)\.(.+)\.(weight|bias)$", name)
+        if not m:
+            return self.extra_global_role(name)
+        layer, module, kind = int(m.group(1)), m.group(2), m.group(3)
+        if module in self.module_roles:
+            return ParamRole(self.module_roles[module], layer, kind == "bias")
+        if module in self.attn_fixed_modules:
+            return ParamRole(FIXED, layer, kind == "bias", attn_fixed=True)
+        return None
+
+    def extra_global_role(self, name: str) -> ParamRole | None:
+        return None
+
+    def layer_param(self, layer: int, role: str, bias: bool = False) -> str | None:
+        for module, r in self.module_roles.items():
+            if r == role and role != NORM:
+                name = f"{self.layers_prefix}.{layer}.{module}.{'bias' if bias else 'weight'}"
+                return name if name in self.roles else None
+        return None
+
+    # ----- dims --------------------------------------------------------------------------------------------
+    def dims(self) -> ModelDims:
+        cfg = self.config
+        per_layer = getattr(cfg, "layer_dims", None)
+        if per_layer:
+            layers = [LayerDims(d["num_attention_heads"], d["num_key_value_heads"], d["intermediate_size"]) for d in per_layer]
+        else:
+            kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            layers = [LayerDims(cfg.num_attention_heads, kv, cfg.intermediate_size) for _ in range(cfg.num_hidden_layers)]
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return ModelDims(cfg.hidden_size, head_dim, cfg.vocab_size, layers, self.tied())
+
+    def tied(self) -> bool:
+        head = dict(self.model.named_parameters(remove_duplicate=False)).get("lm_head.weight")
+        embed = self.model.get_input_embeddings().weight
+        return head is None or head.data_ptr() == embed.data_ptr()
+
+    def count_params(self, dims: ModelDims) -> int:
+        """Exact parameter count of the model at ``dims`` (tied weights once), from roles and shapes."""
+        total = self.global_params(dims.hidden_size, dims.tied_embeddings)
+        for original, layer in zip(dims.original_index, dims.layers):
+            total += self.layer_params(original, layer, dims.hidden_size, dims.head_dim)
+        return total
+
+    def global_params(self, H: int, tied: bool) -> int:
+        return sum(
+            self._global_param_size(role, self.param_shapes_cache[name], H)
+            for name, role in self.roles.items()
+            if role.layer is None and not (role.role == LM_HEAD and tied)
+        )
+
+    def layer_params(self, layer: int, d: LayerDims, H: int, hd: int) -> int:
+        if layer not in self._by_layer:
+            self._by_layer[layer] = [(r, self.param_shapes_cache[n]) for n, r in self.roles.items() if r.layer == layer]
+        return sum(self._layer_param_size(role, shape, d, H, hd) for role, shape in self._by_layer[layer])
+
+    def scale_norm_weight(self, weight: torch.Tensor, factor: float) -> torch.Tensor:
+        """RMSNorm weight multiplies the normalized input; families with (1 + w) override this."""
+        return weight * factor
+
+    def _layer_param_size(self, role: ParamRole, shape: tuple, d: LayerDims, H: int, hd: int) -> int:
+        r = role.role
+        attn_gone, mlp_gone = d.num_attention_heads == 0, d.intermediate_size == 0
+        if (r in ATTN_ROLES or role.attn_fixed) and attn_gone:
+            return 0
+        if r in MLP_ROLES and mlp_gone:
+            return 0
+        q_out, kv_out = d.num_attention_heads * hd, d.num_key_value_heads * hd
+        if role.is_bias:
+            return {Q: q_out, K: kv_out, V: kv_out, O: H, GATE: d.intermediate_size, UP: d.intermediate_size,
+                    DOWN: H, NORM: H}.get(r, _numel(shape))
+        return {Q: q_out * H, K: kv_out * H, V: kv_out * H, O: H * q_out, GATE: d.intermediate_size * H,
+                UP: d.intermediate_size * H, DOWN: H * d.intermediate_size, NORM: H}.get(r, _numel(shape))
+
+    def _global_param_size(self, role: ParamRole, shape: tuple, H: int) -> int:
+        if role.role in (EMBED, LM_HEAD) and not role.is_bias:
+            return shape[0] * H
+        if role.role == NORM:
+            return H
+        return _numel(shape)
+
+    # ----- groups ------------------------------------------------------------------------------------------
+    def build_graph(self, kinds: list[str]) -> StructureGraph:
+        unsupported = [k for k in kinds if k not in self.supported_kinds]
+        if unsupported:
+            raise ShearHubError(
+                f"structure kind {unsupported[0]!r} is not supported for {self.config.model_type}; "
+                f"use --structures from {','.join(self.supported_kinds)}"
+            )
+        dims = self.dims()
+        groups: list[Group] = []
+        for kind in kinds:
+            groups.extend(getattr(self, "_groups_" + kind.replace("-", "_"))(dims))
+        return StructureGraph(groups, dims, self)
+
+    def _rows(self, layer: int, role: str, index: list[int]) -> list[TensorSlice]:
+        out = []
+        for bias in (False, True):
+            name = self.layer_param(layer, role, bias)
+            if name is not None:
+                out.append(TensorSlice(name, 0, tuple(index)))
+        return out
+
+    def _cols(self, layer: int, role: str, index: list[int]) -> list[TensorSlice]:
+        name = self.layer_param(layer, role)
+        return [TensorSlice(name, 1, tuple(index))] if name else []
+
+    def _groups_heads(self, dims: ModelDims) -> list[Group]:
+        groups = []
+        hd = dims.head_dim
+        for layer, d in enumerate(dims.layers):
+            if d.num_key_value_heads == 0:
+                continue
+            rep = d.num_attention_heads // d.num_key_value_heads
+            for g in range(d.num_key_value_heads):
+                q_idx = [i for h in range(g * rep, (g + 1) * rep) for i in range(h * hd, (h + 1) * hd)]
+                kv_idx = list(range(g * hd, (g + 1) * hd))
+                slices = self._rows(layer, Q, q_idx) + self._rows(layer, K, kv_idx) + self._rows(layer, V, kv_idx)
+                slices += self._cols(layer, O, q_idx)
+                groups.append(Group(HEADS, layer, g, slices))
+        return groups
+
+    def _groups_qheads(self, dims: ModelDims) -> list[Group]:
+        groups = []
+        hd = dims.head_dim
+        for layer, d in enumerate(dims.layers):
+            if d.num_key_value_heads == 0:
+                continue
+            rep = d.num_attention_heads // d.num_key_value_heads
+            if rep < 2:
+                continue  # MHA or one query head per group: nothing to remove inside a group
+            for slot in range(rep):
+                heads = [g * rep + slot for g in range(d.num_key_value_heads)]
+                idx = [i for h in heads for i in range(h * hd, (h + 1) * hd)]
+                groups.append(Group(QHEADS, layer, slot, self._rows(layer, Q, idx) + self._cols(layer, O, idx)))
+        return groups
+
+    def _groups_mlp(self, dims: ModelDims) -> list[Group]:
+        groups = []
+        for layer, d in enumerate(dims.layers):
+            for i in range(d.intermediate_size):
+                slices = self._rows(layer, GATE, [i]) + self._rows(layer, UP, [i]) + self._cols(layer, DOWN, [i])
+                groups.append(Group(MLP, layer, i, slices))
+        return groups
+
+    def _groups_hidden(self, dims: ModelDims) -> list[Group]:
+        writers_in = (Q, K, V, GATE, UP)  # read the residual stream: input columns
+        writers_out = (O, DOWN)  # write the residual stream: output rows (and biases)
+        names: list[tuple[str, int]] = []
+        for name, role in self.roles.items():
+            if role.role == FIXED:
+                continue
+            if role.role in (EMBED, LM_HEAD) and not role.is_bias:
+                names.append((name, 1))
+            elif role.role == NORM:
+                names.append((name, 0))
+            elif role.role in writers_in and not role.is_bias:
+                names.append((name, 1))
+            elif role.role in writers_out:
+                names.append((name, 0))
+        return [Group(HIDDEN, None, c, [TensorSlice(n, dim, (c,)) for n, dim in names]) for c in range(dims.hidden_size)]
+
+    def _layer_names(self, layer: int, roles: tuple[str, ...] | None = None, attn_fixed: bool = False) -> list[str]:
+        return [
+            n for n, r in self.roles.items()
+            if r.layer == layer and (roles is None or r.role in roles or (attn_fixed and r.attn_fixed))
+        ]
+
+    def _groups_layers(self, dims: ModelDims) -> list[Group]:
+        return [Group(LAYERS, i, 0, [TensorSlice(n, WHOLE, ()) for n in self._layer_names(i)]) for i in range(len(dims.layers))]
+
+    def _groups_attn_blocks(self, dims: ModelDims) -> list[Group]:
+        return [
+            Group(ATTN_BLOCKS, i, 0, [TensorSlice(n, WHOLE, ()) for n in self._layer_names(i, ATTN_ROLES, attn_fixed=True)])
+            for i, d in enumerate(dims.layers) if d.num_attention_heads > 0
+        ]
+
+    def _groups_mlp_blocks(self, dims: ModelDims) -> list[Group]:
+        return [
+            Group(MLP_BLOCKS, i, 0, [TensorSlice(n, WHOLE, ()) for n in self._layer_names(i, MLP_ROLES)])
+            for i, d in enumerate(dims.layers) if d.intermediate_size > 0
+        ]
+
+    # ----- configs -----------------------------------------------------------------------------------------
+    def uniform_config(self, dims: ModelDims):
+        """A stock config for uniform dims (same family when its validation allows, else a compatible family)."""
+        cfg = self._resized_config(dims)
+        layer = dims.layers[0]
+        cfg.num_attention_heads = layer.num_attention_heads
+        cfg.num_key_value_heads = layer.num_key_value_heads
+        cfg.intermediate_size = layer.intermediate_size
+        return self.stock_config_for(cfg)
+
+    def stock_config_for(self, cfg):
+        cfg.validate()
+        return cfg
+
+    def per_layer_config(self, dims: ModelDims):
+        from ...modeling import per_layer_config_class, per_layer_model_class_name
+
+        cfg = self._resized_config(dims)
+        widest = max(dims.layers, key=lambda d: (d.num_attention_heads, d.intermediate_size))
+        cfg.num_attention_heads = max(widest.num_attention_heads, 1)
+        cfg.num_key_value_heads = max(max(d.num_key_value_heads for d in dims.layers), 1)
+        cfg.intermediate_size = max(d.intermediate_size for d in dims.layers)
+        values = cfg.to_dict()
+        for key in ("model_type", "architectures", "transformers_version", "auto_map"):
+            values.pop(key, None)
+        values["layer_dims"] = [vars(d).copy() for d in dims.layers]
+        config_cls = per_layer_config_class(self.per_layer_model_type)
+        new = config_cls(**values)
+        model_cls_name = per_layer_model_class_name(config_cls.model_type)
+        new.architectures = [model_cls_name]
+        new.auto_map = {
+            "AutoConfig": f"configuration_shear.{config_cls.__name__}",
+            "AutoModelForCausalLM": f"modeling_shear.{model_cls_name}",
+        }
+        return new
+
+    def _resized_config(self, dims: ModelDims):
+        import copy
+
+        cfg = copy.deepcopy(self.config)
+        old_hidden, n_old = cfg.hidden_size, cfg.num_hidden_layers
+        cfg.hidden_size = dims.hidden_size
+        cfg.head_dim = dims.head_dim
+        cfg.num_hidden_layers = len(dims.layers)
+        if dims.hidden_size != old_hidden and self.norm_eps_field:
+            # RMSNorm over fewer channels: scaling eps by H/H' (and weights by sqrt(H/H')) keeps outputs exact
+            setattr(cfg, self.norm_eps_field, getattr(cfg, self.norm_eps_field) * old_hidden / dims.hidden_size)
+        for key, value in list(vars(cfg).items()):  # per-layer lists (layer_types, ...) follow the kept layers
+            if isinstance(value, list) and len(value) == n_old and key not in ("layer_dims",):
+                setattr(cfg, key, [value[i] for i in dims.original_index])
+        if hasattr(cfg, "layer_dims"):
+            del cfg.layer_dims
+        return cfg
+
+
+def _numel(shape: tuple) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

@@ -1,0 +1,132 @@
+"""The structure graph: removable groups of a model, each the set of tensor slices that disappear together.
+
+Methods score groups, the allocator picks groups, surgery slices exactly the listed tensor slices. Architecture
+knowledge (module names, config fields) lives in ``adapters/``; everything here is architecture-neutral.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+# Structure kinds, as named on the CLI (--structures)
+HEADS = "heads"  # a whole KV group: its k/v rows and all of its query heads (q rows, o columns)
+QHEADS = "qheads"  # query-head slot j of every KV group of a layer (keeps the GQA layout valid)
+MLP = "mlp"  # MLP channel: gate/up rows + down column
+HIDDEN = "hidden"  # residual channel: embedding column, norm entries, every projection's column/row, lm_head column
+LAYERS = "layers"  # a whole decoder layer
+ATTN_BLOCKS = "attn-blocks"  # a layer's whole attention block (per-layer layout)
+MLP_BLOCKS = "mlp-blocks"  # a layer's whole MLP block (per-layer layout)
+KINDS = (HEADS, QHEADS, MLP, HIDDEN, LAYERS, ATTN_BLOCKS, MLP_BLOCKS)
+WHOLE = -1  # TensorSlice.dim for "the entire tensor"
+
+
+@dataclass(frozen=True)
+class TensorSlice:
+    """Indices ``index`` along ``dim`` of parameter ``param`` (dim 0: output rows, 1: input columns)."""
+
+    param: str
+    dim: int
+    index: tuple[int, ...]
+
+
+@dataclass
+class Group:
+    """A minimally removable structure."""
+
+    kind: str
+    layer: int | None
+    index: int
+    slices: list[TensorSlice]
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}[{self.layer}].{self.index}" if self.layer is not None else f"{self.kind}.{self.index}"
+
+
+@dataclass
+class LayerDims:
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+
+
+@dataclass
+class ModelDims:
+    """Widths of a model; ``layers`` holds the kept decoder layers' widths, ``original_index`` where they came from."""
+
+    hidden_size: int
+    head_dim: int
+    vocab_size: int
+    layers: list[LayerDims]
+    tied_embeddings: bool
+    original_index: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.original_index:
+            self.original_index = list(range(len(self.layers)))
+
+    def copy(self) -> ModelDims:
+        return copy.deepcopy(self)
+
+    def is_uniform(self) -> bool:
+        return all(asdict(layer) == asdict(self.layers[0]) for layer in self.layers) and all(
+            layer.num_attention_heads > 0 and layer.intermediate_size > 0 for layer in self.layers
+        )
+
+    def to_json(self) -> dict:
+        removed = sorted(set(range(max(self.original_index, default=-1) + 1)) - set(self.original_index))
+        return {
+            "hidden_size": self.hidden_size,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "num_hidden_layers": len(self.layers),
+            "layers": [asdict(layer) for layer in self.layers],
+            "original_layer_index": self.original_index,
+            "removed_layers": removed,
+        }
+
+
+@dataclass
+class StructureGraph:
+    """All groups of the requested kinds plus the model's dims; the contract between scorers, allocator, surgery."""
+
+    groups: list[Group]
+    dims: ModelDims
+    adapter: object  # the ArchitectureAdapter that built it
+
+    def of_kind(self, kind: str) -> list[Group]:
+        return [g for g in self.groups if g.kind == kind]
+
+    def group_sizes(self) -> torch.Tensor:
+        """Parameters each group owns on its own (overlaps with other kinds counted in each)."""
+        shapes = self.adapter.param_shapes_cache
+        sizes = []
+        for g in self.groups:
+            n = 0
+            for s in g.slices:
+                shape = shapes[s.param]
+                if s.dim == WHOLE:
+                    n += int(torch.tensor(shape).prod())
+                else:
+                    other = int(torch.tensor(shape).prod()) // shape[s.dim]
+                    n += other * len(s.index)
+            sizes.append(n)
+        return torch.tensor(sizes, dtype=torch.float64)
+
+
+def zero_groups(model: torch.nn.Module, groups: list[Group]) -> None:
+    """Zero every slice of ``groups`` in place: the dense reference for masked-equivalence tests, and the way
+    iterative methods take structures out before surgery."""
+    params = dict(model.named_parameters())
+    params.update(dict(model.named_buffers()))
+    with torch.no_grad():
+        for group in groups:
+            for s in group.slices:
+                tensor = params[s.param]
+                if s.dim == WHOLE:
+                    tensor.zero_()
+                else:
+                    tensor.index_fill_(s.dim, torch.tensor(s.index, device=tensor.device), 0.0)
