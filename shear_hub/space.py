@@ -76,6 +76,21 @@ def _card_base_model(model_dir: Path) -> str | None:
     return None
 
 
+def hub_base_model_for(model_dir: str | Path, base_model: str | None = None) -> str:
+    """The base model Hub id a Space for ``model_dir`` will load; ShearHubError when there is none.
+
+    Called before any upload so `push --space` fails before pushing anything."""
+    base = base_model or _card_base_model(Path(model_dir).expanduser())
+    if not base:
+        raise ShearHubError("the pruned model card has no base_model; pass the base model's Hub id (--space-base-model)")
+    if not _is_hub_id(base):
+        raise ShearHubError(
+            f"base model '{base}' is not a Hub id, so a Space cannot load it; "
+            "pass the base model's Hub id (--space-base-model)"
+        )
+    return base
+
+
 def _hub_base_model(repo_id: str) -> str | None:
     """Best effort: read the card of a Hub model; None when offline (the app resolves it at start)."""
     from huggingface_hub import hf_hub_download
@@ -125,14 +140,8 @@ def prepare_space_folder(
 
     if require_hub_ids:
         if not _is_hub_id(model_ref):
-            raise ShearHubError(f"the Space cannot load the local folder {model_ref}; push the model and pass its Hub id")
-        if not base:
-            raise ShearHubError("the pruned model card has no base_model; pass the base model's Hub id explicitly")
-        if not _is_hub_id(base):
-            raise ShearHubError(
-                f"base model '{base}' (from the model card) is not a Hub id, so the Space cannot load it; "
-                "pass the base model's Hub id explicitly"
-            )
+            raise ShearHubError(f"a Space cannot load the local folder {model_ref}; push the model and pass its Hub id")
+        base = hub_base_model_for(local if local.is_dir() else ref, base)
 
     src = template_dir()
     meta, body = _split_front_matter((src / "README.md").read_text(encoding="utf-8"))

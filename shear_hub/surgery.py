@@ -8,7 +8,7 @@ from collections import defaultdict
 import torch
 
 from .errors import ShearHubError
-from .structures.adapters.base import ATTN_ROLES, LM_HEAD, MLP_ROLES, NORM
+from .structures.adapters.base import ATTN_ROLES, LM_HEAD, MLP_ROLES
 from .structures.graph import (
     ATTN_BLOCKS, HEADS, HIDDEN, LAYERS, MLP, MLP_BLOCKS, QHEADS, WHOLE, Group, LayerDims, ModelDims, StructureGraph,
 )
@@ -137,8 +137,8 @@ def slice_state_dict(graph: StructureGraph, state: dict[str, torch.Tensor], remo
         for dim, index in drop.get(name, {}).items():
             keep = torch.tensor(sorted(set(range(t.shape[dim])) - index), dtype=torch.long, device=t.device)
             t = t.index_select(dim, keep)
-        if role.role == NORM and not role.is_bias and new_dims.hidden_size != old_hidden:
-            t = adapter.scale_norm_weight(t, norm_scale)
+        if new_dims.hidden_size != old_hidden:  # adapter hook: RMSNorm weights (Gemma also its scaled embedding)
+            t = adapter.rescale_for_hidden(role, t, norm_scale, new_dims.tied_embeddings)
         out[_renumber(adapter, name, role.layer, kept_layers)] = t.contiguous().clone()
     return out
 

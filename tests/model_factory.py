@@ -24,3 +24,14 @@ def tiny_llama(*, heads: int = 6, kv_heads: int = 2, hidden: int = 48, head_dim:
             else:
                 p.normal_(0, 0.2)
     return model.eval()
+
+
+def save_tiny_model_folder(path, **kwargs):
+    """A complete model folder (weights, config, tokenizer) of a tiny random Llama; returns the model."""
+    from tiny_models import VOCAB_SIZE, build_tokenizer
+
+    kwargs.setdefault("vocab", VOCAB_SIZE)
+    model = tiny_llama(**kwargs)
+    model.save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return model

@@ -26,6 +26,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--token", metavar="T", default=None, help="write token (default: HF_TOKEN or the saved login)")
     p.add_argument("--no-card", action="store_true",
                    help="do not (re)generate README.md from pruning_report.json before pushing")
+    p.add_argument("--space", metavar="SPACE_ID", default=None,
+                   help="after the model, also push a Gradio Space (space/ template) that runs it next to its base "
+                   "model: prompt, both generations streamed, tokens/s, size, card numbers")
+    p.add_argument("--space-base-model", metavar="HUB_ID", default=None,
+                   help="base model the Space compares with (default: base_model in the model card)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +38,15 @@ def run(args: argparse.Namespace) -> int:
     from ..hub.push import push_folder
 
     folder = Path(args.model).expanduser()
+    if args.space and (args.revision or args.create_pr or args.repo_type != "model"):
+        from ..errors import ShearHubError
+
+        raise ShearHubError("--space needs a model pushed to main; drop --revision/--create-pr/--repo-type or "
+                            "push the Space later with `shear-hub push SPACE_FOLDER SPACE_ID --repo-type space`")
+    if args.space and folder.is_dir():
+        from ..space import hub_base_model_for
+
+        args.space_base_model = hub_base_model_for(folder, args.space_base_model)  # fail before any upload
     readme = folder / "README.md"
     # Keep a generated card current (repo id in the loading snippet, latest eval numbers); never touch a
     # hand-written README.
@@ -44,4 +58,21 @@ def run(args: argparse.Namespace) -> int:
         create_pr=args.create_pr, commit_message=args.commit_message, endpoint=args.endpoint, token=args.token,
     )
     print(url)
+    if args.space:
+        print(_push_space(args, model_repo_id="/".join(url.rstrip("/").split("/")[-2:])))
     return 0
+
+
+def _push_space(args: argparse.Namespace, model_repo_id: str) -> str:
+    """Write the Space folder configured for the just-pushed model into a temp dir and push it."""
+    import tempfile
+
+    from ..hub.push import push_folder
+    from ..space import prepare_space_folder
+
+    with tempfile.TemporaryDirectory(prefix="shear-space-") as tmp:
+        folder = prepare_space_folder(args.model, Path(tmp) / "space", base_model=args.space_base_model,
+                                      hub_model_id=model_repo_id, require_hub_ids=True)
+        return push_folder(folder, args.space, repo_type="space", private=args.private,
+                           commit_message=f"Space for {model_repo_id} (shear-hub)",
+                           endpoint=args.endpoint, token=args.token)

@@ -7,6 +7,7 @@ knowledge (module names, config fields) lives in ``adapters/``; everything here 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -102,19 +103,20 @@ class StructureGraph:
 
     def group_sizes(self) -> torch.Tensor:
         """Parameters each group owns on its own (overlaps with other kinds counted in each)."""
-        shapes = self.adapter.param_shapes_cache
-        sizes = []
-        for g in self.groups:
-            n = 0
-            for s in g.slices:
-                shape = shapes[s.param]
-                if s.dim == WHOLE:
-                    n += int(torch.tensor(shape).prod())
-                else:
-                    other = int(torch.tensor(shape).prod()) // shape[s.dim]
-                    n += other * len(s.index)
-            sizes.append(n)
-        return torch.tensor(sizes, dtype=torch.float64)
+        if getattr(self, "_sizes", None) is None:
+            shapes = self.adapter.param_shapes_cache
+            sizes = []
+            for g in self.groups:
+                n = 0
+                for s in g.slices:
+                    numel = math.prod(shapes[s.param])
+                    n += numel if s.dim == WHOLE else numel // shapes[s.param][s.dim] * len(s.index)
+                sizes.append(n)
+            self._sizes = torch.tensor(sizes, dtype=torch.float64)
+        return self._sizes
+
+    def group_size(self, i: int) -> int:
+        return int(self.group_sizes()[i])
 
 
 def zero_groups(model: torch.nn.Module, groups: list[Group]) -> None:

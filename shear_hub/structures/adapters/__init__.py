@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from ...errors import ShearHubError
 from .base import DecoderAdapter
+from .gemma import Gemma2Adapter, Gemma3TextAdapter
 from .llama import LlamaAdapter, MistralAdapter
+from .opt import OPTAdapter
+from .phi3 import Phi3Adapter
+from .qwen import Qwen2Adapter, Qwen3Adapter
 
 ADAPTERS: dict[str, type[DecoderAdapter]] = {}
-for _cls in (LlamaAdapter, MistralAdapter):
+for _cls in (LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter, Gemma2Adapter, Gemma3TextAdapter,
+             Phi3Adapter, OPTAdapter):
     for _mt in _cls.model_types:
         ADAPTERS[_mt] = _cls
 

@@ -49,6 +49,7 @@ class DecoderAdapter:
     hidden_exact = True  # RMSNorm: hidden-channel removal is exact with the eps/weight rescale
     supported_kinds = (HEADS, QHEADS, MLP, HIDDEN, LAYERS, ATTN_BLOCKS, MLP_BLOCKS)
     per_layer_model_type: str = ""  # e.g. "shear_llama"
+    unsupported_reasons: dict[str, str] = {}  # kind -> why this family cannot remove it (shown in the error)
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -125,6 +126,13 @@ class DecoderAdapter:
         """RMSNorm weight multiplies the normalized input; families with (1 + w) override this."""
         return weight * factor
 
+    def rescale_for_hidden(self, role: ParamRole, tensor: torch.Tensor, factor: float, tied: bool) -> torch.Tensor:
+        """A kept tensor after hidden channels were removed (``factor`` = sqrt(H / H')): RMSNorm weights absorb the
+        smaller mean square; families with other hidden-size-dependent constants (Gemma's embed scale) override."""
+        if role.role == NORM and not role.is_bias:
+            return self.scale_norm_weight(tensor, factor)
+        return tensor
+
     def _layer_param_size(self, role: ParamRole, shape: tuple, d: LayerDims, H: int, hd: int) -> int:
         r = role.role
         attn_gone, mlp_gone = d.num_attention_heads == 0, d.intermediate_size == 0
@@ -150,9 +158,10 @@ class DecoderAdapter:
     def build_graph(self, kinds: list[str]) -> StructureGraph:
         unsupported = [k for k in kinds if k not in self.supported_kinds]
         if unsupported:
+            why = self.unsupported_reasons.get(unsupported[0])
             raise ShearHubError(
-                f"structure kind {unsupported[0]!r} is not supported for {self.config.model_type}; "
-                f"use --structures from {','.join(self.supported_kinds)}"
+                f"structure kind {unsupported[0]!r} is not supported for {self.config.model_type}"
+                f"{f' ({why})' if why else ''}; use --structures from {','.join(self.supported_kinds)}"
             )
         dims = self.dims()
         groups: list[Group] = []

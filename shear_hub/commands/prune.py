@@ -1,0 +1,67 @@
+"""`shear-hub prune MODEL --output DIR ...`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers) -> None:
+    from ..methods import METHODS
+    from ..pruning import DEFAULT_STRUCTURES
+    from ..structures import KINDS
+
+    p = subparsers.add_parser("prune", help="prune a model into a smaller one",
+                              description="Remove structures (heads, MLP channels, residual channels, layers) so "
+                              "that --sparsity of the parameters go; write a smaller model folder.")
+    p.add_argument("model", metavar="MODEL", help="Hub id, local folder, .gguf file, or 'smollm2' (built-in demo)")
+    p.add_argument("--output", "-o", required=True, help="folder to write (must not exist unless --overwrite)")
+    p.add_argument("--method", default="wanda", choices=sorted(METHODS), help="pruning criterion (default: wanda)")
+    p.add_argument("--sparsity", type=float, default=0.2, help="fraction of all parameters to remove (default 0.2)")
+    p.add_argument("--layout", default="uniform", choices=["uniform", "per-layer"],
+                   help="uniform: stock config, loads anywhere; per-layer: each layer its own widths")
+    p.add_argument("--structures", default=",".join(DEFAULT_STRUCTURES), help=f"comma list of {','.join(KINDS)}")
+    p.add_argument("--calib", default=None, help="calibration text: .txt/.jsonl/.parquet or Hub dataset name[:config[:split]] (default: built-in)")
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration windows (default 32)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method setting (repeatable), e.g. --option shots=4; see the method's config")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def parse_options(pairs: list[str]) -> dict:
+    from ..errors import ShearHubError
+
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ShearHubError(f"--option {pair!r} must look like KEY=VALUE")
+        key, value = pair.split("=", 1)
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except ValueError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pruning import prune
+
+    result = prune(
+        args.model, args.output, method=args.method, sparsity=args.sparsity, layout=args.layout,
+        structures=args.structures, calib=args.calib, calib_samples=args.calib_samples, seq_len=args.seq_len,
+        device=args.device, dtype=args.dtype, seed=args.seed, overwrite=args.overwrite,
+        method_options=parse_options(args.option), trust_remote_code=args.trust_remote_code,
+        batch_size=args.batch_size, progress=not args.no_progress,
+    )
+    print(f"pruned {result.params_before:,} -> {result.params_after:,} parameters "
+          f"({result.achieved_sparsity:.2%} removed, target {args.sparsity:.0%}) -> {result.output}")
+    if "warning" in result.report:
+        print(f"warning: {result.report['warning']}")
+    return 0

@@ -1,0 +1,43 @@
+"""Write a model folder: safetensors weights, config for its layout, tokenizer, report, card — atomically."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .io import atomic_output_dir
+from .report import write_report
+
+
+def save_model_folder(model, tokenizer, output: str | Path, report: dict, *, overwrite: bool = False,
+                      extra_files: dict[str, Path] | None = None) -> Path:
+    """Save into a temporary sibling and rename into ``output`` when everything (card included) is written."""
+    with atomic_output_dir(output, overwrite=overwrite) as tmp:
+        write_model_files(model, tokenizer, tmp)
+        for name, src in (extra_files or {}).items():
+            shutil.copy2(src, tmp / name)
+        write_report(tmp, report)
+        _render_card(tmp)
+    return Path(output)
+
+
+def write_model_files(model, tokenizer, folder: Path) -> None:
+    """Weights (safetensors only), config (+ modeling code for per-layer models), generation config, tokenizer."""
+    from .modeling import MODELING_FILES
+
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    if getattr(model.config, "auto_map", None):
+        for src in MODELING_FILES:
+            shutil.copy2(src, folder / src.name)
+    for pickle in folder.glob("*.bin"):
+        pickle.unlink()  # never ship pickles (training_args.bin and the like)
+
+
+def _render_card(folder: Path) -> None:
+    try:
+        from .hub.card import render_card
+    except ImportError:  # publishing extras missing: the folder is still complete without a card
+        return
+    render_card(folder)

@@ -1,0 +1,26 @@
+"""Pruning methods, one folder each (config + method), registered here by CLI name."""
+
+from __future__ import annotations
+
+from ..errors import ShearHubError
+from .base import PruneContext, PruningMethod, ScoringMethod
+from .magnitude import MagnitudeMethod
+from .taylor import TaylorMethod
+from .wanda import WandaMethod
+
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (MagnitudeMethod, WandaMethod, TaylorMethod)}
+
+
+def get_method(name: str, options: dict | None = None) -> PruningMethod:
+    """Instantiate a method by name; ``options`` become fields of its config dataclass."""
+    if name not in METHODS:
+        raise ShearHubError(f"unknown method {name!r}; use one of {', '.join(METHODS)}")
+    cls = METHODS[name]
+    try:
+        config = cls.config_class(**(options or {}))
+    except TypeError as exc:
+        raise ShearHubError(f"bad option for method {name}: {exc}") from exc
+    return cls(config)
+
+
+__all__ = ["METHODS", "PruneContext", "PruningMethod", "ScoringMethod", "get_method"]

@@ -1,0 +1,3 @@
+from .method import MagnitudeConfig, MagnitudeMethod
+
+__all__ = ["MagnitudeConfig", "MagnitudeMethod"]

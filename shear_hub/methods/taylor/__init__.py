@@ -1,0 +1,3 @@
+from .method import TaylorConfig, TaylorMethod
+
+__all__ = ["TaylorConfig", "TaylorMethod"]

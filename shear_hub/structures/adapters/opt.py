@@ -1,0 +1,76 @@
+"""OPT (the family the LLM Surgeon paper reports on): biases everywhere, fc1/fc2 MLP, LayerNorm, learned positions.
+
+* ``hidden`` is not offered: LayerNorm subtracts the mean over all channels, so a zeroed residual channel still
+  changes the mean and variance of the others and no rescaling of the kept weights reproduces that.
+* OPT is multi-head (no GQA), so ``qheads`` yields no groups; ``heads`` removes single heads.
+* A stock OPT config derives the head size as hidden_size / num_attention_heads, so pruned heads need the per-layer
+  layout (its attention keeps head_dim explicit). MLP channels and whole layers keep the uniform layout.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ...errors import ShearHubError
+from ..graph import ATTN_BLOCKS, HEADS, HIDDEN, LAYERS, MLP, MLP_BLOCKS, QHEADS, LayerDims, ModelDims
+from .base import DOWN, EMBED, FIXED, K, LM_HEAD, NORM, O, Q, UP, V, DecoderAdapter, ParamRole
+
+_PREFIX = "model.decoder"
+
+
+class OPTAdapter(DecoderAdapter):
+    model_types = ("opt", "shear_opt")
+    per_layer_model_type = "shear_opt"
+    layers_prefix = f"{_PREFIX}.layers"
+    module_roles = {
+        "self_attn.q_proj": Q, "self_attn.k_proj": K, "self_attn.v_proj": V, "self_attn.out_proj": O,
+        "fc1": UP, "fc2": DOWN, "self_attn_layer_norm": NORM, "final_layer_norm": NORM,
+    }
+    global_roles = {f"{_PREFIX}.embed_tokens.weight": EMBED, "lm_head.weight": LM_HEAD}
+    norm_eps_field = ""
+    hidden_exact = False
+    supported_kinds = (HEADS, QHEADS, MLP, LAYERS, ATTN_BLOCKS, MLP_BLOCKS)
+    unsupported_reasons = {
+        HIDDEN: "OPT's LayerNorm subtracts the mean over all hidden channels, so removing one is never exact"
+    }
+
+    def extra_global_role(self, name: str) -> ParamRole | None:
+        m = re.match(rf"{re.escape(_PREFIX)}\.(final_layer_norm|embed_positions|project_in|project_out)\.(weight|bias)$", name)
+        if not m:
+            return None
+        return ParamRole(NORM if m.group(1) == "final_layer_norm" else FIXED, None, m.group(2) == "bias")
+
+    def dims(self) -> ModelDims:
+        cfg = self.config
+        per_layer = getattr(cfg, "layer_dims", None)
+        if per_layer:
+            layers = [LayerDims(d["num_attention_heads"], d["num_key_value_heads"], d["intermediate_size"]) for d in per_layer]
+        else:
+            layers = [LayerDims(cfg.num_attention_heads, cfg.num_attention_heads, cfg.ffn_dim) for _ in range(cfg.num_hidden_layers)]
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return ModelDims(cfg.hidden_size, head_dim, cfg.vocab_size, layers, self.tied())
+
+    def _global_param_size(self, role: ParamRole, shape: tuple, H: int) -> int:
+        n = 1  # hidden never changes for OPT, and embed/lm_head are word_embed_proj_dim wide (project_in/out)
+        for s in shape:
+            n *= s
+        return n
+
+    def uniform_config(self, dims: ModelDims):
+        cfg = self._resized_config(dims)
+        layer = dims.layers[0]
+        if layer.num_attention_heads * dims.head_dim != cfg.hidden_size:
+            raise ShearHubError(
+                "a stock OPT config derives head size from hidden_size / num_attention_heads, so it cannot hold "
+                "pruned heads; use --layout per-layer"
+            )
+        del cfg.head_dim  # not an OPT field: keep the saved config stock
+        cfg.num_attention_heads = layer.num_attention_heads
+        cfg.ffn_dim = layer.intermediate_size
+        cfg.validate()
+        return cfg
+
+    def per_layer_config(self, dims: ModelDims):
+        new = super().per_layer_config(dims)
+        new.ffn_dim = new.intermediate_size  # widest layer; each layer's own width is in layer_dims
+        return new
