@@ -76,9 +76,11 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 class HubError(Exception):
     """An HTTP error answer with the headers huggingface_hub maps to its exception types."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None,
+                 body: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        self.body = body or {}
 
 
 class Store:
@@ -249,6 +251,7 @@ class Handler(BaseHTTPRequestHandler):
     # ---- plumbing --------------------------------------------------------------------------------------------
     def read_body(self, sink=None) -> bytes:
         """Read a Content-Length or chunked body; stream into ``sink`` (write callable) when given."""
+        self.body_read = True
         chunks: list[bytes] = []
         emit = sink or chunks.append
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -296,6 +299,7 @@ class Handler(BaseHTTPRequestHandler):
         self.query = parse_qs(split.query, keep_blank_values=True)
         # Split on the raw path: a revision like refs%2Fpr%2F1 is one segment.
         self.segments = [s for s in split.path.split("/") if s != ""]
+        self.body_read = False
         try:
             self.route()
         except HubError as err:
@@ -303,12 +307,12 @@ class Handler(BaseHTTPRequestHandler):
             if err.code:
                 headers["X-Error-Code"] = err.code
             headers["X-Error-Message"] = err.message
-            if self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding"):
+            if not self.body_read and (self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding")):
                 try:
                     self.read_body()  # drain so the connection stays usable
                 except Exception:  # noqa: BLE001
                     self.close_connection = True
-            self.send_json({"error": err.message}, err.status, headers)
+            self.send_json({"error": err.message, **err.body}, err.status, headers)
         except (ConnectionError, BrokenPipeError):
             self.close_connection = True
 
@@ -335,6 +339,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise HubError(401, "Invalid credentials in Authorization header")
             return self.send_json({"type": "user", "name": USER, "auth": {"type": "access_token",
                                    "accessToken": {"role": "write"}}, "orgs": []})
+        if seg == ["api", "agent-harnesses"]:  # client-side agent detection registry: empty
+            return self.send_json({"standardEnvVars": [], "harnesses": {}})
         if seg == ["api", "validate-yaml"] and method == "POST":
             self.read_body()
             return self.send_json({"warnings": []})
@@ -368,7 +374,8 @@ class Handler(BaseHTTPRequestHandler):
         store = self.hub.store
         with store.lock:
             if store.load_repo(repo_type, repo_id) is not None:
-                raise HubError(409, "You already created this repo", headers={})
+                # Like the Hub: 409 still carries the URL (create_repo(exist_ok=True) reads it).
+                raise HubError(409, "You already created this repo", body={"url": self.hub.repo_url(repo_type, repo_id)})
             files = {".gitattributes": file_entry(store, GITATTRIBUTES, lfs=False)}
             oid = store.write_commit(None, "initial commit", "", files)
             private = body.get("private") or body.get("visibility") == "private"

@@ -78,7 +78,7 @@ def method_key(method: str | None) -> str | None:
         return "lorashear"
     if "wanda" in norm:
         return "wanda"
-    if "llmpruner" in norm or norm == "pruner":
+    if "llmpruner" in norm or norm == "pruner" or "taylor" in norm:  # LLM-Pruner's importance is a Taylor score
         return "llm-pruner"
     return None
 
@@ -244,6 +244,8 @@ def card_context(model_dir: Path, report: dict, repo_id: str | None = None) -> t
         tags.append("custom_code")  # the Hub's tag for repos that ship modeling code
     datasets = _datasets(report)
     name = (repo_id or model_dir.resolve().name).split("/")[-1]
+    # Rendered inside shear_hub.io.atomic_output_dir: use the final folder name, not ".name.tmp-xxxx".
+    name = re.sub(r"^\.(.+)\.tmp-[^.]+$", r"\1", name)
     data = ModelCardData(
         base_model=base_id, library_name="transformers", pipeline_tag="text-generation",
         license=report.get("base_model_license") or None, tags=list(dict.fromkeys(t for t in tags if t)),
@@ -262,7 +264,8 @@ def card_context(model_dir: Path, report: dict, repo_id: str | None = None) -> t
         "base_model": report.get("base_model") or "unknown",
         "base_link": f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{report.get('base_model')}`",
         "method": method,
-        "method_name": METHOD_NAMES.get(key or "", method),
+        "method_name": "Taylor importance (LLM-Pruner criterion)" if "taylor" in method.lower()
+        else METHOD_NAMES.get(key or "", method),
         "method_config": json.dumps(report.get("method_config") or {}, indent=2, sort_keys=True),
         "layout": layout,
         "structures": [STRUCTURE_NAMES.get(s, s) for s in report.get("structures") or []],
