@@ -135,6 +135,15 @@ def _torch_export(model, past: list[PastEntry], file: Path, opset: int | None) -
     program.save(str(file), external_data=sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9)
 
 
+def _use_eager_attention(model) -> None:
+    """Eager attention is the path validated for export. Per-layer models hold one config copy per layer, so set it
+    on every module's config rather than through set_attn_implementation (which they do not support)."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = "eager"
+
+
 def optimum_available() -> bool:
     """True when optimum's ONNX exporter imports against the installed transformers."""
     try:
@@ -265,8 +274,7 @@ def export_onnx(model, output_dir: str | Path, *, tokenizer=None, source_dir: st
         raise ShearHubError("optimum cannot export per-layer models (layers of different widths); use --backend torch")
     use_optimum = backend == "optimum" or (backend == "auto" and stock and optimum_available())
     model = model.float().eval()
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")  # the attention path validated for export
+    _use_eager_attention(model)
     past = past_entries(model)
     with atomic_output_dir(output_dir, overwrite) as tmp:
         (tmp / ONNX_SUBDIR).mkdir()
