@@ -157,7 +157,10 @@ def push_folder(
     With ``create_pr`` the commit opens a pull request against ``revision`` (default main) and the PR URL is
     returned.
     """
-    import httpx2
+    try:
+        import httpx2 as httpx  # the HTTP client of huggingface_hub >= 2
+    except ImportError:  # huggingface_hub 1.x uses httpx
+        import httpx
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -171,7 +174,7 @@ def push_folder(
         raise ShearHubError(f"{folder} has no files to push; point at a model folder")
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint, token=token)
-    transport_errors = (HfHubHTTPError, httpx2.HTTPError, OSError)
+    transport_errors = (HfHubHTTPError, httpx.HTTPError, OSError)
 
     if "/" not in repo_id:  # bare name: the Hub puts it in the token owner's namespace
         try:
