@@ -163,3 +163,11 @@ def test_card_command_line(tmp_path):
                          timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "not a folder" in res.stderr
+
+
+def test_layer_widths_uses_original_layer_index():
+    rows = layer_widths(make_report(dims_after={"hidden_size": 576, "removed_layers": [1],
+                                                "original_layer_index": [0, 2, 3],
+                                                "layers": [layer(9, 3, 1536), layer(3, 1, 768), layer(6, 2, 1024)]}))
+    assert [r["removed"] for r in rows] == [False, True, False, False]
+    assert rows[2]["mlp"] == pytest.approx(0.5) and rows[3]["heads"] == pytest.approx(6 / 9)

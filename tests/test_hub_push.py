@@ -358,3 +358,41 @@ for kwargs in ({{"repo_type": "bucket"}}, {{}}):
     # The Python API pushes the folder as it is: no card was generated.
     assert set(hub.files("shear-tester/api-model")) - {".gitattributes"} == {"config.json", "generation_config.json",
                                                                            "model.safetensors", "pruning_report.json"}
+
+
+def test_per_layer_model_from_a_real_prune_round_trips(hub, tmp_path):
+    """A per-layer model made by the core prune API (card rendered by the export) loads back from the Hub with
+    trust_remote_code=True, and with `import shear_hub` instead of remote code."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from model_factory import save_tiny_model_folder
+
+    from shear_hub.pruning import prune
+
+    save_tiny_model_folder(tmp_path / "base")
+    out = tmp_path / "tiny-per-layer"
+    prune(str(tmp_path / "base"), out, method="magnitude", sparsity=0.3, layout="per-layer", progress=False)
+    assert (out / "modeling_shear.py").is_file() and (out / "width_per_layer.png").is_file()
+    repo = "shear-org/tiny-per-layer"
+    res = cli("push", str(out), repo, "--token", TOKEN, env=client_env(hub, tmp_path / "home-push"))
+    assert res.returncode == 0, res.stderr
+    assert_remote_equals(hub, repo, out)
+    code = f"""
+import json, torch
+from transformers import AutoModelForCausalLM
+from huggingface_hub import ModelCard
+ids = torch.arange(0, 60).reshape(2, 30) % 97
+remote = AutoModelForCausalLM.from_pretrained({repo!r}, trust_remote_code=True).eval()
+import shear_hub  # registers the per-layer classes: no remote code needed
+local = AutoModelForCausalLM.from_pretrained({str(out)!r}).eval()
+plain = AutoModelForCausalLM.from_pretrained({repo!r}).eval()
+with torch.no_grad():
+    ref = local(ids).logits
+    same = [torch.equal(remote(ids).logits, ref), torch.equal(plain(ids).logits, ref)]
+card = ModelCard.load({repo!r})
+print(json.dumps({{"same": same, "tags": card.data.tags, "code": "trust_remote_code=True" in card.text}}))
+"""
+    res = py(code, env=client_env(hub, tmp_path / "home-pull"))
+    assert res.returncode == 0, res.stderr
+    out_json = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out_json["same"] == [True, True]
+    assert {"pruned", "shear-hub", "magnitude", "custom_code"} <= set(out_json["tags"]) and out_json["code"]

@@ -14,8 +14,14 @@ def layer_widths(report: dict) -> list[dict]:
     after_dims = report.get("dims_after", {}) or {}
     after = list(after_dims.get("layers") or [])
     removed = set(after_dims.get("removed_layers") or [])
-    # dims_after lists surviving layers only when layers were dropped; map them back to original indices.
-    if removed and len(after) == len(before) - len(removed):
+    # dims_after lists surviving layers only when layers were dropped; map them back to original indices
+    # (original_layer_index when the report has it, else the gaps left by removed_layers).
+    index = after_dims.get("original_layer_index")
+    if isinstance(index, list) and len(index) == len(after) and all(isinstance(i, int) for i in index):
+        by_index = dict(zip(index, after))
+        after = [by_index.get(i) for i in range(len(before))]
+        removed |= {i for i in range(len(before)) if i not in by_index}
+    elif removed and len(after) == len(before) - len(removed):
         it = iter(after)
         after = [None if i in removed else next(it) for i in range(len(before))]
     rows = []
