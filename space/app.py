@@ -32,7 +32,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.repocard import metadata_load
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).absolute().parent  # not resolve(): a symlinked app.py (Hub cache) keeps its folder
 CONFIG_FILE = HERE / "shear_space.json"
 # Only what inference needs; weights as safetensors only (no pickle files are fetched or loaded).
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.md", "*.png", "*.txt", "*.model", "*.jinja"]
@@ -285,7 +285,7 @@ def quality_markdown(report: dict[str, Any] | None, base: LoadedModel, pruned: L
     if isinstance(rec, dict) and rec.get("method"):
         rows.append(("Recovery", str(rec["method"])))
     rows.append(("File size (safetensors)", f"{human_bytes(base.file_bytes)} → {human_bytes(pruned.file_bytes)}"))
-    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    lines = ["| Metric | Value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
 
 
