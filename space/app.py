@@ -330,9 +330,9 @@ def width_plot_path(folder: Path, report: dict[str, Any] | None, out_dir: Path) 
     ax.bar([i + w / 2 for i in idx], heads, w, label="attention heads kept")
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("% of base width")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 125)  # headroom so the legend never hides a bar
     ax.set_xticks(idx)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
     ax.set_title("Width per layer after pruning")
     fig.tight_layout()
     out = out_dir / "width_per_layer.png"

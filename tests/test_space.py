@@ -242,6 +242,63 @@ def test_push_space_then_run_the_space_from_the_hub(tiny: TinyPair, tmp_path: Pa
         cdn_server.shutdown()
 
 
+PER_LAYER_IN_SPACE = """
+import json, sys
+class _Block:  # a Space has no shear_hub: the folder's own modeling code must do
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'shear_hub':
+            raise ImportError('shear_hub must not be imported in the Space')
+sys.meta_path.insert(0, _Block())
+import importlib.util, torch
+spec = importlib.util.spec_from_file_location('space_app', sys.argv[1])
+app = importlib.util.module_from_spec(spec); sys.modules['space_app'] = app; spec.loader.exec_module(app)
+try:
+    app.load_model('pruned', sys.argv[2], 'cpu', torch.float32, allow_remote_code=False)
+    refused = ''
+except app.SpaceConfigError as exc:
+    refused = str(exc)
+lm = app.load_model('pruned', sys.argv[2], 'cpu', torch.float32, allow_remote_code=True)
+*_, (text, stats) = app.stream_generate(lm, sys.argv[3], 8, 'auto')
+print('RESULT:' + json.dumps({'remote_code': lm.remote_code, 'params': lm.params, 'text': text,
+                              'arch': type(lm.model).__name__, 'refused': refused}))
+"""
+
+
+def test_per_layer_model_runs_in_the_space_with_its_shipped_code(tiny: TinyPair, tmp_path: Path) -> None:
+    """A per-layer pruned folder (auto_map + modeling_shear.py) loads in the app without shear_hub installed,
+    only because the app passes trust_remote_code=True for such folders; with SHEAR_TRUST_REMOTE_CODE=0 it refuses."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shear_hub.export import write_model_files
+    from shear_hub.structures import build_graph
+    from shear_hub.surgery import build_pruned_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny.base_dir, use_safetensors=True).eval()
+    graph = build_graph(base, ["heads", "mlp"])
+    removed = [g for g in graph.groups if (g.kind == "mlp" and g.layer == 0 and g.index < 40)
+               or (g.kind == "heads" and g.layer == 1 and g.index == 0)]
+    pruned, _ = build_pruned_model(graph, removed, "per-layer")
+    folder = tmp_path / "per_layer"
+    write_model_files(pruned, AutoTokenizer.from_pretrained(tiny.base_dir), folder)
+    assert "auto_map" in json.loads((folder / "config.json").read_text())
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SHEAR_"))}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH="")
+    done = subprocess.run([sys.executable, "-c", PER_LAYER_IN_SPACE, str(REPO / "space" / "app.py"), str(folder),
+                           PROMPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.rsplit("RESULT:", 1)[1])
+    assert "SHEAR_TRUST_REMOTE_CODE=1" in out["refused"]
+    assert out["remote_code"] is True
+    assert out["params"] == sum(p.numel() for p in pruned.parameters())
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok(PROMPT, return_tensors="pt")
+    with torch.inference_mode():
+        ids = pruned.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out["text"] == tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
 # ------------------------------------------------------------------ app helpers, in process
 
 
