@@ -5,10 +5,11 @@ from __future__ import annotations
 from ..errors import ShearHubError
 from .base import PruneContext, PruningMethod, ScoringMethod
 from .magnitude import MagnitudeMethod
+from .surgeon import SurgeonMethod
 from .taylor import TaylorMethod
 from .wanda import WandaMethod
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (MagnitudeMethod, WandaMethod, TaylorMethod)}
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (MagnitudeMethod, WandaMethod, TaylorMethod, SurgeonMethod)}
 
 
 def get_method(name: str, options: dict | None = None) -> PruningMethod:

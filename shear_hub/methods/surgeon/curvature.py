@@ -1,0 +1,252 @@
+"""Kronecker factors of the Fisher of each linear layer: A = E[a a^T] over layer inputs, G = E[g g^T] over the
+gradients of the loss w.r.t. the layer output (all accumulated in fp32).
+
+* ``collect_kfac``: forward + backward passes of the whole model with hooks on the chosen linears; gradients flow
+  only from the first hooked layer up (no parameter gradients are ever formed).
+* ``LayerwiseRunner``: G = I; the calibration activations are cached at the input of decoder layer 0 and pushed
+  through one layer at a time, so only one layer (and its A factors) need to be on the compute device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Factors:
+    """Per linear weight name: A (in x in) and G (out x out, None = identity); tensors may be shared (q/k/v)."""
+
+    A: dict[str, torch.Tensor] = field(default_factory=dict)
+    G: dict[str, torch.Tensor] = field(default_factory=dict)
+    # hidden-channel extras (embedding / LM head), only when residual channels are scored
+    embed_G: torch.Tensor | None = None  # E[g g^T] of the embedding output
+    token_freq: torch.Tensor | None = None  # token frequencies (the embedding's diagonal A)
+    head_A: torch.Tensor | None = None  # E[x x^T] of the LM head input
+    head_gsq: torch.Tensor | None = None  # E[(dL/dx_c)^2] of the LM head input = diag(W^T G W)
+    tokens: int = 0
+
+    def nbytes(self) -> int:
+        seen, total = set(), 0
+        for t in list(self.A.values()) + list(self.G.values()) + [self.embed_G, self.head_A]:
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+        return total
+
+
+def _outer(x: torch.Tensor) -> torch.Tensor:
+    x = x.reshape(-1, x.shape[-1]).float()
+    return x.T @ x
+
+
+def _first_tensor(args, kwargs):
+    if args:
+        return args[0]
+    return kwargs.get("hidden_states")
+
+
+def collect_kfac(model: torch.nn.Module, batches, linears: dict[str, torch.nn.Linear], *,
+                 first_layer: torch.nn.Module | None, fisher: str = "empirical", extras: bool = False,
+                 embed: torch.nn.Module | None = None, head: torch.nn.Module | None = None,
+                 vocab: int = 0, generator: torch.Generator | None = None) -> Factors:
+    """Accumulate A and G for ``linears`` (keyed by weight name) over the calibration ``batches``.
+
+    ``first_layer``: the lowest decoder layer holding a hooked linear; its input is where gradients start (so the
+    layers below run without autograd). With ``extras`` gradients start at the embedding output instead.
+    """
+    f = Factors()
+    alias: dict[str, str] = {}  # weight name -> weight name whose A it shares (same input tensor)
+    batch_inputs: list[tuple[torch.Tensor, str]] = []  # held for the batch, so identity checks stay valid
+    hooks = []
+
+    def fwd(name):
+        def hook(mod, inputs, out):
+            x = inputs[0]
+            owner = next((n for t, n in batch_inputs if t is x), None)
+            if owner is not None and owner != name:
+                alias.setdefault(name, owner)
+            elif name not in alias:
+                batch_inputs.append((x, name))
+                xx = _outer(x.detach())
+                f.A[name] = f.A[name] + xx if name in f.A else xx
+            if out.requires_grad:
+                def ghook(g, name=name):
+                    gg = _outer(g.detach())
+                    f.G[name] = f.G[name] + gg if name in f.G else gg
+                out.register_hook(ghook)
+        return hook
+
+    for name, mod in linears.items():
+        hooks.append(mod.register_forward_hook(fwd(name)))
+
+    def start_grad(mod, args, kwargs):
+        h = _first_tensor(args, kwargs)
+        h = h.detach().requires_grad_(True)
+        if args:
+            return (h,) + tuple(args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = h
+        return args, kwargs
+
+    if extras:
+        def emb_hook(mod, inputs, out):
+            out = out.detach().requires_grad_(True)
+
+            def ghook(g):
+                gg = _outer(g.detach())
+                f.embed_G = gg if f.embed_G is None else f.embed_G + gg
+            out.register_hook(ghook)
+            return out
+
+        def head_hook(mod, inputs, out):
+            x = inputs[0]
+            xx = _outer(x.detach())
+            f.head_A = xx if f.head_A is None else f.head_A + xx
+            if x.requires_grad:
+                def ghook(g):
+                    sq = g.detach().float().reshape(-1, g.shape[-1]).pow(2).sum(0)
+                    f.head_gsq = sq if f.head_gsq is None else f.head_gsq + sq
+                x.register_hook(ghook)
+
+        hooks.append(embed.register_forward_hook(emb_hook))
+        hooks.append(head.register_forward_hook(head_hook))
+    elif first_layer is not None:
+        hooks.append(first_layer.register_forward_pre_hook(start_grad, with_kwargs=True))
+
+    requires = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for ids in batches:
+            batch_inputs.clear()
+            with torch.enable_grad():
+                logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+                flat = logits.reshape(-1, logits.shape[-1])
+                if fisher == "sampled":
+                    with torch.no_grad():
+                        labels = torch.multinomial(torch.softmax(flat, -1), 1, generator=generator).flatten()
+                else:
+                    labels = ids[:, 1:].reshape(-1)
+                loss = torch.nn.functional.cross_entropy(flat, labels, reduction="sum")
+                if loss.requires_grad:
+                    loss.backward()
+            f.tokens += ids.numel()
+            if extras:
+                counts = torch.bincount(ids.flatten(), minlength=vocab).float()
+                f.token_freq = counts if f.token_freq is None else f.token_freq + counts
+            del logits, flat, loss
+    finally:
+        for h in hooks:
+            h.remove()
+        for n, p in model.named_parameters():
+            p.requires_grad_(requires[n])
+    n = max(f.tokens, 1)
+    for d in (f.A, f.G):
+        for k in d:
+            d[k] /= n
+    for name, owner in alias.items():
+        f.A[name] = f.A[owner]
+    for attr in ("embed_G", "token_freq", "head_A", "head_gsq"):
+        t = getattr(f, attr)
+        if t is not None:
+            setattr(f, attr, t / n)
+    return f
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+class _Stop(Exception):
+    pass
+
+
+class LayerwiseRunner:
+    """Push cached calibration activations through the decoder one layer at a time (SparseGPT-style)."""
+
+    def __init__(self, model: torch.nn.Module, layers: torch.nn.ModuleList, batches, device: torch.device):
+        self.model, self.layers, self.device = model, layers, device
+        self.inputs: list[torch.Tensor] = []
+        self.kwargs: list[dict] = []
+        first = layers[0]
+        home = next(first.parameters()).device
+        first.to(device)
+
+        def catch(mod, args, kwargs):
+            self.inputs.append(_first_tensor(args, kwargs).detach().to(device))
+            kw = {k: _to(v, device) for k, v in kwargs.items() if k != "hidden_states"}
+            kw["use_cache"] = False
+            kw["past_key_values"] = None
+            self.kwargs.append(kw)
+            raise _Stop
+
+        h = first.register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for ids in batches:
+                    try:
+                        self.model(input_ids=ids.to(next(self.model.parameters()).device), use_cache=False)
+                    except _Stop:
+                        pass
+        finally:
+            h.remove()
+            first.to(home)
+        self.tokens = sum(x.shape[0] * x.shape[1] for x in self.inputs)
+
+    def collect_A(self, index: int, linears: dict[str, torch.nn.Linear], advance: bool = False) -> dict[str, torch.Tensor]:
+        """A for the named linears of layer ``index`` over the cached inputs; ``advance`` replaces the cache with
+        the layer's outputs (call again with advance after updating the layer)."""
+        layer = self.layers[index]
+        A: dict[str, torch.Tensor] = {}
+        alias: dict[str, str] = {}
+        seen: list[tuple[torch.Tensor, str]] = []
+        hooks = []
+
+        def fwd(name):
+            def hook(mod, inputs, out):
+                x = inputs[0]
+                owner = next((n for t, n in seen if t is x), None)
+                if owner is not None and owner != name:
+                    alias.setdefault(name, owner)
+                    return
+                if name in alias:
+                    return
+                seen.append((x, name))
+                xx = _outer(x)
+                A[name] = A[name] + xx if name in A else xx
+            return hook
+
+        for name, mod in linears.items():
+            hooks.append(mod.register_forward_hook(fwd(name)))
+        try:
+            self.run(index, advance=advance, on_batch=seen.clear)
+        finally:
+            for h in hooks:
+                h.remove()
+        for k in A:
+            A[k] /= max(self.tokens, 1)
+        for name, owner in alias.items():
+            A[name] = A[owner]
+        return A
+
+    @torch.no_grad()
+    def run(self, index: int, advance: bool = True, on_batch=None) -> None:
+        layer = self.layers[index]
+        home = next(layer.parameters()).device
+        layer.to(self.device)
+        try:
+            for b, (x, kw) in enumerate(zip(self.inputs, self.kwargs)):
+                if on_batch is not None:
+                    on_batch()
+                out = layer(x.to(self.device), **kw)
+                out = out[0] if isinstance(out, tuple) else out
+                if advance:
+                    self.inputs[b] = out.detach()
+        finally:
+            layer.to(home)

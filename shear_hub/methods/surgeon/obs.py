@@ -1,0 +1,133 @@
+"""Optimal-brain-surgeon algebra under a Kronecker-factored curvature F ~ G (x) A of one weight W (out x in).
+
+Everything here is pure tensor math in fp32 (callers pass fp32 tensors); ``G is None`` means G = I (layerwise mode).
+Costs are the second-order increase of the loss, 1/2 dw^T F dw, at the optimal compensating update.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def damped_inverse(M: torch.Tensor, damp: float) -> torch.Tensor:
+    """(M + damp * mean(diag M) * I)^-1 via Cholesky; the damping grows until the factor is positive definite."""
+    n = M.shape[0]
+    eye = torch.eye(n, device=M.device, dtype=M.dtype)
+    scale = M.diagonal().mean().clamp_min(1e-12)
+    lam = max(damp, 1e-8)
+    for _ in range(8):
+        L, info = torch.linalg.cholesky_ex(M + lam * scale * eye)
+        if int(info) == 0:
+            return torch.cholesky_inverse(L)
+        lam *= 10
+    raise RuntimeError("curvature factor is not positive definite even with strong damping")
+
+
+def spd_inverse(M: torch.Tensor) -> torch.Tensor:
+    """Inverse of an already damped factor; adds jitter only if rounding broke positive definiteness."""
+    L, info = torch.linalg.cholesky_ex(M)
+    if int(info) == 0:
+        return torch.cholesky_inverse(L)
+    return damped_inverse(M, 1e-4)
+
+
+def damped(M: torch.Tensor, damp: float) -> torch.Tensor:
+    return M + damp * M.diagonal().mean().clamp_min(1e-12) * torch.eye(M.shape[0], device=M.device, dtype=M.dtype)
+
+
+def row_costs(W: torch.Tensor, A: torch.Tensor, Gi: torch.Tensor | None) -> torch.Tensor:
+    """Cost of removing row r alone: W_r A W_r^T / (2 [G^-1]_rr)."""
+    num = ((W @ A) * W).sum(1)
+    return num / (2 * (Gi.diagonal() if Gi is not None else 1.0))
+
+
+def col_costs(W: torch.Tensor, G: torch.Tensor | None, Ai: torch.Tensor) -> torch.Tensor:
+    """Cost of removing column c alone: W_c^T G W_c / (2 [A^-1]_cc)."""
+    GW = G @ W if G is not None else W
+    return (GW * W).sum(0) / (2 * Ai.diagonal())
+
+
+def rows_cost(W: torch.Tensor, A: torch.Tensor, Gi: torch.Tensor | None, rows: torch.Tensor) -> float:
+    """Joint cost of removing rows R together: 1/2 tr(([G^-1]_RR)^-1 W_R A W_R^T)."""
+    WR = W[rows]
+    S = WR @ A @ WR.T
+    if Gi is None:
+        return 0.5 * float(S.trace())
+    return 0.5 * float(torch.linalg.solve(Gi[rows][:, rows], S).trace())
+
+
+def cols_cost(W: torch.Tensor, G: torch.Tensor | None, Ai: torch.Tensor, cols: torch.Tensor) -> float:
+    """Joint cost of removing columns C together: 1/2 tr(([A^-1]_CC)^-1 W_C^T G W_C)."""
+    WC = W[:, cols]
+    S = WC.T @ (G @ WC if G is not None else WC)
+    return 0.5 * float(torch.linalg.solve(Ai[cols][:, cols], S).trace())
+
+
+def whole_cost(W: torch.Tensor, A: torch.Tensor, G: torch.Tensor | None) -> float:
+    """Removing the entire matrix (no compensation possible): 1/2 tr(G W A W^T)."""
+    GW = G @ W if G is not None else W
+    return 0.5 * float((GW * (W @ A)).sum())
+
+
+def remove_rows(W: torch.Tensor, Gi: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """W after removing rows R jointly: W - G^-1[:, R] ([G^-1]_RR)^-1 W_R, removed rows exactly zero."""
+    if len(rows) == 0:
+        return W
+    if Gi is not None:
+        W = W - Gi[:, rows] @ torch.linalg.solve(Gi[rows][:, rows], W[rows])
+    else:
+        W = W.clone()
+    W[rows] = 0
+    return W
+
+
+def remove_cols(W: torch.Tensor, Ai: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """W after removing columns C jointly: W - W_C ([A^-1]_CC)^-1 A^-1[C, :], removed columns exactly zero."""
+    if len(cols) == 0:
+        return W
+    W = W - W[:, cols] @ torch.linalg.solve(Ai[cols][:, cols], Ai[cols])
+    W[:, cols] = 0
+    return W
+
+
+def weight_costs(W: torch.Tensor, Gi: torch.Tensor | None, Ai: torch.Tensor) -> torch.Tensor:
+    """Cost of removing each weight alone: W_ij^2 / (2 [G^-1]_ii [A^-1]_jj)."""
+    gd = Gi.diagonal()[:, None] if Gi is not None else 1.0
+    return W * W / (2 * gd * Ai.diagonal()[None, :])
+
+
+def two_four_blocks(costs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each block of 4 consecutive inputs of a row: the mask of its 2 cheapest weights and their summed cost."""
+    out, inp = costs.shape
+    blocks = costs.reshape(out, inp // 4, 4)
+    order = blocks.argsort(dim=-1)[..., :2]
+    mask = torch.zeros_like(blocks, dtype=torch.bool).scatter_(-1, order, True)
+    return mask.reshape(out, inp), (blocks * mask).sum(-1)
+
+
+def remove_weights(W: torch.Tensor, Gi: torch.Tensor | None, Ai: torch.Tensor, mask: torch.Tensor,
+                   chunk: int = 64) -> torch.Tensor:
+    """W after removing the weights in ``mask`` (True = remove) with the Kronecker OBS update dW = -G^-1 M A^-1.
+
+    M_Q = K^-1 w_Q with K_kl = [G^-1]_{r_k r_l} [A^-1]_{c_k c_l}; like the reference code, K is solved per row
+    (the cross-row blocks of K are dropped), and the correction of each row is spread over the others through G^-1.
+    A batched Cholesky solve handles ``chunk`` rows at once: rows whose mask differs are padded with identity.
+    """
+    out, inp = W.shape
+    M = torch.zeros_like(W)
+    rows = torch.nonzero(mask.any(1)).flatten()
+    eye = torch.eye(inp, device=W.device, dtype=W.dtype)
+    for start in range(0, len(rows), chunk):
+        r = rows[start : start + chunk]
+        P = mask[r].to(W.dtype)  # [b, in]
+        B = Ai[None] * P[:, :, None] * P[:, None, :] + eye[None] * (1 - P)[:, :, None]
+        rhs = (W[r] * P)[:, :, None]
+        L, _ = torch.linalg.cholesky_ex(B)
+        m = torch.cholesky_solve(rhs, L)[:, :, 0] * P
+        if Gi is not None:
+            m = m / Gi.diagonal()[r][:, None]
+        M[r] = m
+    dW = -(Gi @ M if Gi is not None else M) @ Ai
+    W = W + dW
+    W[mask] = 0
+    return W
