@@ -113,6 +113,12 @@ def test_per_layer_with_removed_attention(tmp_path, backend):
     assert config["layer_dims"][2]["num_attention_heads"] == 0
     assert (result.path / "configuration_shear.py").is_file()
     _check_against_pytorch(model, runner)
+    # the benchmark's onnxruntime loop runs on the ragged cache too
+    from shear_hub.evaluation.speed import measure_onnx_speed
+
+    speed = measure_onnx_speed(runner, prompt_len=4, new_tokens=3, batch_size=2, vocab=model.config.vocab_size,
+                               repeats=1)
+    assert speed["decode_tok_s"] == pytest.approx(2 * 3 / speed["decode_s"]) and speed["runtime"] == "onnxruntime"
 
 
 def test_refusals(tmp_path, capsys):

@@ -18,6 +18,7 @@ output folder appears.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -126,6 +127,7 @@ def _torch_export(model, past: list[PastEntry], file: Path, opset: int | None) -
         "past": [{0: batch, 2: past_len} for _ in range(2 * len(past))],
     }
     kwargs = {"opset_version": opset} if opset else {}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(wrapper, _example_inputs(model, past), dynamo=True, input_names=inputs,
