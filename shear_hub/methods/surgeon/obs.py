@@ -9,6 +9,12 @@ from __future__ import annotations
 import torch
 
 
+def _chol_inverse(L: torch.Tensor) -> torch.Tensor:
+    """(L L^T)^-1 from the Cholesky factor; a triangular solve is several times faster than cholesky_inverse on CPU."""
+    Li = torch.linalg.solve_triangular(L, torch.eye(L.shape[0], device=L.device, dtype=L.dtype), upper=False)
+    return Li.T @ Li
+
+
 def damped_inverse(M: torch.Tensor, damp: float) -> torch.Tensor:
     """(M + damp * mean(diag M) * I)^-1 via Cholesky; the damping grows until the factor is positive definite."""
     n = M.shape[0]
@@ -18,7 +24,7 @@ def damped_inverse(M: torch.Tensor, damp: float) -> torch.Tensor:
     for _ in range(8):
         L, info = torch.linalg.cholesky_ex(M + lam * scale * eye)
         if int(info) == 0:
-            return torch.cholesky_inverse(L)
+            return _chol_inverse(L)
         lam *= 10
     raise RuntimeError("curvature factor is not positive definite even with strong damping")
 
@@ -27,7 +33,7 @@ def spd_inverse(M: torch.Tensor) -> torch.Tensor:
     """Inverse of an already damped factor; adds jitter only if rounding broke positive definiteness."""
     L, info = torch.linalg.cholesky_ex(M)
     if int(info) == 0:
-        return torch.cholesky_inverse(L)
+        return _chol_inverse(L)
     return damped_inverse(M, 1e-4)
 
 
