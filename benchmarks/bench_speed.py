@@ -5,7 +5,7 @@ torch.compile (CUDA graphs on GPU), and onnxruntime; prefill and batch-1 decode;
 The models are random Llamas of a chosen shape (weights do not change speed) so the run needs no download:
 dense, a uniform pruned model (same heads / MLP channels removed in every layer) and a per-layer pruned model
 (layers pruned unevenly, one attention block removed) of about the same size, built with the real surgery.
-Default shape: Llama-3.2-1B widths with 8 layers and a 32k tied vocabulary (426M params, 1.7 GB in fp32), big
+Default shape: Llama-3.2-1B widths with 8 layers and a 32k tied vocabulary (552M params, 2.2 GB in fp32), big
 enough that batch-1 decode streams the weights from memory on every token (bandwidth-bound) on a CPU.
 
     python benchmarks/bench_speed.py                       # CPU, fp32, all runtimes
