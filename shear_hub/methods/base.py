@@ -57,13 +57,32 @@ class PruningMethod(ABC):
 class ScoringMethod(PruningMethod):
     """A method that is a cost per group followed by the shared allocator."""
 
+    # Criteria whose scale drifts across depth (|W|, |W|*||X||: activations grow along the residual stream) are not
+    # comparable between layers; they are divided by their layer's mean cost per parameter before global ranking.
+    layer_normalized: ClassVar[bool] = False
+
     def select(self, ctx: PruneContext) -> list[Group]:
         costs = self.score(ctx)
+        if self.layer_normalized:
+            costs = normalize_per_layer(ctx.graph, costs)
         return allocate(ctx.graph, costs, ctx.params_to_remove, ctx.layout)
 
     @abstractmethod
     def score(self, ctx: PruneContext) -> torch.Tensor:
         """One cost per group of ``ctx.graph.groups`` (lower = removed first)."""
+
+
+def normalize_per_layer(graph: StructureGraph, costs: torch.Tensor) -> torch.Tensor:
+    """Divide each group's cost by the mean cost-per-parameter of all groups of its layer (global groups together)."""
+    costs = costs.double().clone()
+    sizes = graph.group_sizes().clamp_min(1)
+    layers = torch.tensor([-1 if g.layer is None else g.layer for g in graph.groups])
+    for layer in layers.unique():
+        mask = layers == layer
+        scale = (costs[mask] / sizes[mask]).mean()
+        if scale > 0:
+            costs[mask] = costs[mask] / scale
+    return costs
 
 
 def group_scores(graph: StructureGraph, importance: dict[str, torch.Tensor]) -> torch.Tensor:

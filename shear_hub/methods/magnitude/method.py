@@ -16,6 +16,7 @@ class MagnitudeConfig:
 
 class MagnitudeMethod(ScoringMethod):
     name = "magnitude"
+    layer_normalized = True
     config_class = MagnitudeConfig
     needs_calibration = False
 

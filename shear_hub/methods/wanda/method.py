@@ -20,6 +20,7 @@ class WandaConfig:
 
 class WandaMethod(ScoringMethod):
     name = "wanda"
+    layer_normalized = True
     config_class = WandaConfig
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
