@@ -14,7 +14,7 @@ from .errors import ShearHubError
 from .export import save_model_folder
 from .io import check_output_dir, clean_stale_temporaries
 from .loading import load_model, parse_dtype, resolve_source
-from .methods import METHODS, PruneContext, get_method
+from .methods import METHODS, PruneContext, PruningMethod, get_method
 from .report import command_line
 from .structures import KINDS, build_graph
 from .surgery import LAYOUTS, build_pruned_model
@@ -95,6 +95,10 @@ def prune(model: str, output: str | Path, *, method: str = "wanda", sparsity: fl
     t = time.perf_counter()
     pruned, new_dims = build_pruned_model(graph, removed, layout)
     timings["surgery"] = time.perf_counter() - t
+    if type(pruner).after_surgery is not PruningMethod.after_surgery:  # e.g. recovery inside the method
+        t = time.perf_counter()
+        pruner.after_surgery(pruned, ctx)
+        timings["after_surgery"] = time.perf_counter() - t
     params_after = count_params(pruned)
     achieved = 1.0 - params_after / params_before
 

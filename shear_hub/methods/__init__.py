@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ..errors import ShearHubError
 from .base import PruneContext, PruningMethod, ScoringMethod
+from .lorashear import LoRAShearMethod
 from .magnitude import MagnitudeMethod
 from .surgeon import SurgeonMethod
 from .taylor import TaylorMethod
 from .wanda import WandaMethod
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (MagnitudeMethod, WandaMethod, TaylorMethod, SurgeonMethod)}
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (MagnitudeMethod, WandaMethod, TaylorMethod, SurgeonMethod, LoRAShearMethod)}
 
 
 def get_method(name: str, options: dict | None = None) -> PruningMethod:

@@ -53,6 +53,10 @@ class PruningMethod(ABC):
     def select(self, ctx: PruneContext) -> list[Group]:
         """Groups to remove; ``ctx.model`` may be modified (weight updates) but keeps its shapes."""
 
+    def after_surgery(self, pruned: torch.nn.Module, ctx: PruneContext) -> None:
+        """Optional stage on the physically smaller model, in place, before it is saved (e.g. LoRAShear's
+        recovery); entries for the report go to ``ctx.report``. Default: nothing."""
+
 
 class ScoringMethod(PruningMethod):
     """A method that is a cost per group followed by the shared allocator."""

@@ -1,0 +1,4 @@
+from .config import LoRAShearConfig
+from .method import LoRAShearMethod
+
+__all__ = ["LoRAShearConfig", "LoRAShearMethod"]

@@ -1,0 +1,295 @@
+"""Stage 3: LHSPG (LoRA Half-Space Projected Gradient), progressive structured pruning through LoRA.
+
+Only the LoRA factors train (AdamW on the LM loss). Over K periods the redundant set grows to the target: at the
+start of period k the lowest-saliency prunable groups are added until k/K of the parameter budget is marked. During a
+period of T steps each newly marked group's effective weight x_g = (W + s B A)_g is scaled by (T-t-1)/(T-t) after
+step t (its W slices, LoRA B rows and A columns together), so it fades linearly to exactly zero while the other
+groups' LoRA keeps training on the same loss and absorbs what the fading groups carried (knowledge transfer).
+After every step the half-space projection of HSPG is applied to the marked groups: a group whose trial point
+x_hat_g left the half-space {z : <z, x_g> >= epsilon ||x_g||^2} around its previous point x_g is set to zero at once
+(a group that crossed zero stays at zero). Finished groups are held at exactly zero until the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+import torch
+
+from ...allocation import allocate
+from ...structures.graph import WHOLE, Group, StructureGraph
+from ...surgery import DimsTracker
+from ..base import group_scores
+from .lora_groups import lora_parameters, lora_scaling, peft_names
+
+
+def half_space_project(previous: list[torch.Tensor], trial: list[torch.Tensor], epsilon: float
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """HSPG's projection on group vectors: trial_g -> 0 where <trial_g, previous_g> < epsilon * ||previous_g||^2.
+    Returns the projected vectors and the mask of groups set to zero."""
+    zeroed = []
+    out = []
+    for x, x_hat in zip(previous, trial):
+        cross = bool(torch.dot(x_hat.flatten(), x.flatten()) < epsilon * torch.dot(x.flatten(), x.flatten()))
+        zeroed.append(cross)
+        out.append(torch.zeros_like(x_hat) if cross else x_hat)
+    return out, torch.tensor(zeroed, dtype=torch.bool)
+
+
+class SliceSet:
+    """Slices of many groups compiled to one index tensor per (tensor, dim): zeroing / scaling thousands of groups
+    is a few hundred tensor ops instead of one per slice."""
+
+    def __init__(self, groups: list[Group]):
+        index: dict[tuple[str, int], set[int]] = defaultdict(set)
+        self.whole: set[str] = set()
+        for g in groups:
+            for s in g.slices:
+                if s.dim == WHOLE:
+                    self.whole.add(s.param)
+                else:
+                    index[(s.param, s.dim)].update(s.index)
+        self.index = {k: torch.tensor(sorted(v), dtype=torch.long) for k, v in index.items()}
+
+    @torch.no_grad()
+    def scale(self, model: torch.nn.Module, factor: float) -> None:
+        params = dict(model.named_parameters())
+        for name in self.whole:
+            params[name].mul_(factor)
+        for (name, dim), idx in self.index.items():
+            t = params[name]
+            idx = idx.to(t.device)
+            if factor == 0.0:
+                t.index_fill_(dim, idx, 0.0)
+            else:
+                t.index_copy_(dim, idx, t.index_select(dim, idx) * factor)
+
+
+class GroupVectors:
+    """The effective weights x_g = (W + s B A)_g of a list of groups (base parameter names), gathered per
+    (tensor, dim) so that all groups' inner products are a few matrix ops."""
+
+    def __init__(self, peft_model: torch.nn.Module, groups: list[Group]):
+        self.params = dict(peft_model.named_parameters())
+        self.n = len(groups)
+        entries: dict[tuple[str, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        for gi, g in enumerate(groups):
+            for s in g.slices:
+                if s.dim == WHOLE:
+                    raise ValueError("LHSPG groups slice rows/columns, not whole tensors")
+                idx, gid = entries[(s.param, s.dim)]
+                idx.extend(s.index)
+                gid.extend([gi] * len(s.index))
+        self.entries = []
+        for (name, dim), (idx, gid) in entries.items():
+            names = peft_names(peft_model, name, self.params)
+            scaling = lora_scaling(peft_model, names.module) if names.module else 0.0
+            self.entries.append((names, dim, torch.tensor(idx), torch.tensor(gid), scaling))
+
+    @torch.no_grad()
+    def snapshot(self) -> list[torch.Tensor]:
+        """One [n_indices, fan] tensor per entry: the selected rows (or columns, transposed) of W + s B A."""
+        out = []
+        for names, dim, idx, _, scaling in self.entries:
+            w = self.params[names.weight]
+            idx = idx.to(w.device)
+            if dim == 0:
+                x = w.index_select(0, idx)
+                x = x.unsqueeze(1) if x.dim() == 1 else x.clone()
+                if names.lora_b is not None:
+                    x += scaling * self.params[names.lora_b].index_select(0, idx) @ self.params[names.lora_a]
+            else:
+                x = w.index_select(1, idx).t().clone()
+                if names.lora_b is not None:
+                    x += scaling * (self.params[names.lora_b] @ self.params[names.lora_a].index_select(1, idx)).t()
+            out.append(x.float())
+        return out
+
+    def dots(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+        """<a_g, b_g> for every group g."""
+        total = torch.zeros(self.n, dtype=torch.float64)
+        for (_, _, _, gid, _), xa, xb in zip(self.entries, a, b):
+            total.index_add_(0, gid, (xa * xb).sum(1).double().cpu())
+        return total
+
+
+def effective_weights(peft_model: torch.nn.Module, graph: StructureGraph) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(W, s B A) for every base weight that groups slice (the LoRA part is 0 where none is attached)."""
+    params = dict(peft_model.named_parameters())
+    names = {s.param for g in graph.groups for s in g.slices}
+    out = {}
+    with torch.no_grad():
+        for name in names:
+            pn = peft_names(peft_model, name, params)
+            w = params[pn.weight].detach()
+            if pn.lora_b is not None and w.dim() == 2:
+                d = lora_scaling(peft_model, pn.module) * (params[pn.lora_b] @ params[pn.lora_a])
+            else:
+                d = torch.zeros_like(w)
+            out[name] = (w, d)
+    return out
+
+
+def saliency(peft_model: torch.nn.Module, graph: StructureGraph, grads: dict[str, torch.Tensor],
+             weights: dict[str, float], normalize: bool) -> tuple[torch.Tensor, dict]:
+    """One importance per group (higher = keep): weighted sum of L2-normalised criteria, per parameter when
+    ``normalize``. Criteria: taylor |x * g| (g = accumulated dL/dx), magnitude x^2, cosine (1 + cos(W_g, BA_g)) / 2."""
+    eff = effective_weights(peft_model, graph)
+    sizes = graph.group_sizes().clamp_min(1)
+    scores: dict[str, torch.Tensor] = {}
+    if weights.get("taylor", 0) > 0:
+        imp = {n: ((w + d) * grads[n]).abs() for n, (w, d) in eff.items() if n in grads}
+        scores["taylor"] = group_scores(graph, imp)
+    if weights.get("magnitude", 0) > 0:
+        scores["magnitude"] = group_scores(graph, {n: (w + d) ** 2 for n, (w, d) in eff.items()})
+    if normalize:
+        scores = {k: v / sizes for k, v in scores.items()}
+    if weights.get("cosine", 0) > 0:
+        wd = group_scores(graph, {n: w * d for n, (w, d) in eff.items()})
+        ww = group_scores(graph, {n: w * w for n, (w, d) in eff.items()})
+        dd = group_scores(graph, {n: d * d for n, (w, d) in eff.items()})
+        scores["cosine"] = (1 + wd / (ww.sqrt() * dd.sqrt()).clamp_min(1e-30)) / 2
+    total = torch.zeros(len(graph.groups), dtype=torch.float64)
+    for k, v in scores.items():
+        total += weights[k] * v / v.norm().clamp_min(1e-30)
+    return total, {k: float(v.norm()) for k, v in scores.items()}
+
+
+class LHSPG:
+    """Runs stage 3 on a peft-wrapped model; ``run`` returns the groups that ended exactly at zero."""
+
+    def __init__(self, peft_model, graph: StructureGraph, lora_groups: list[Group], protected: torch.Tensor,
+                 params_to_remove: int, layout: str, config, log=None):
+        self.model = peft_model
+        self.graph = graph
+        self.lora_groups = lora_groups  # graph.groups with LoRA members, peft names
+        self.protected = protected
+        self.params_to_remove = params_to_remove
+        self.layout = layout
+        self.cfg = config
+        self.log = log or (lambda msg: None)
+        self.lora = lora_parameters(peft_model)
+        for p in peft_model.parameters():
+            p.requires_grad_(False)
+        for p in self.lora:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(self.lora, lr=config.lr, weight_decay=0.0)
+        params = dict(peft_model.named_parameters())
+        slice_params = {s.param for g in graph.groups for s in g.slices}
+        # the frozen weights whose gradient feeds the Taylor saliency (dL/dW = dL/dx for x = W + s B A)
+        self.base_weights = {n: params[peft_names(peft_model, n, params).weight] for n in slice_params}
+        self.grads: dict[str, torch.Tensor] = {}
+        self.step = 0
+        self.losses: list[float] = []
+
+    def _train_step(self, ids: torch.Tensor, collect: bool) -> float:
+        for p in self.base_weights.values():
+            p.requires_grad_(collect)
+        loss = self.model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        if collect:
+            for n, p in self.base_weights.items():
+                if p.grad is not None:
+                    self.grads[n] = self.grads[n] + p.grad if n in self.grads else p.grad.detach().clone()
+                    p.grad = None
+                p.requires_grad_(False)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        value = float(loss.detach())
+        self.losses.append(value)
+        return value
+
+    def _select(self, redundant: set[int], fraction: float) -> tuple[list[int], dict]:
+        weights = self.cfg.saliency_weights()
+        if weights.get("taylor", 0) > 0 and not self.grads:
+            raise RuntimeError("internal: Taylor saliency needs gradients from at least one step")
+        importance, norms = saliency(self.model, self.graph, self.grads, weights, self.cfg.normalize)
+        self.grads = {}
+        cost = importance.clone()
+        cost[self.protected] = math.inf
+        if redundant:
+            cost[list(redundant)] = -math.inf
+        target = int(round(self.params_to_remove * fraction))
+        chosen = allocate(self.graph, cost, target, self.layout, normalize=False)
+        index = {id(g): i for i, g in enumerate(self.graph.groups)}
+        chosen_idx = [index[id(g)] for g in chosen]
+        dropped = redundant - set(chosen_idx)  # uniform re-balancing may not keep every earlier pick
+        new = sorted(set(chosen_idx) - redundant)
+        info = {"criteria_norms": norms, "dropped_earlier_picks": len(dropped),
+                "protected_picked": int(self.protected[chosen_idx].sum()) if chosen_idx else 0}
+        return new, info
+
+    def run(self, batches) -> tuple[list[Group], list[dict], dict]:
+        """``batches``: an endless iterator of token-id batches. Returns (removed groups, per-period log, summary)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        for t in range(cfg.warmup_steps):
+            self._train_step(next(batches), collect=t >= cfg.warmup_steps - cfg.saliency_steps)
+        warmup_loss = sum(self.losses) / len(self.losses) if self.losses else None
+        redundant: set[int] = set()
+        periods = []
+        params_before = DimsTracker(self.graph).params()
+        for k in range(1, cfg.periods + 1):
+            if not self.grads:  # no warm-up: one gradient-only pass so the first selection has a saliency
+                self._collect_only(next(batches))
+            new, info = self._select(redundant, k / cfg.periods)
+            active = SliceSet([self.lora_groups[i] for i in new])
+            vectors = GroupVectors(self.model, [self.graph.groups[i] for i in new])
+            done = SliceSet([self.lora_groups[i] for i in sorted(redundant)])
+            projected = torch.zeros(len(new), dtype=torch.bool)
+            losses = []
+            T = cfg.period_steps
+            for t in range(T):
+                previous = vectors.snapshot() if new else []
+                losses.append(self._train_step(next(batches), collect=t >= T - cfg.saliency_steps))
+                done.scale(self.model, 0.0)  # finished groups stay exactly zero
+                active.scale(self.model, (T - t - 1) / (T - t))  # linear fade: exactly zero after the last step
+                if new and t < T - 1:  # the last step's fade to zero is the schedule, not a projection
+                    trial = vectors.snapshot()
+                    cross = vectors.dots(trial, previous) < cfg.epsilon * vectors.dots(previous, previous)
+                    cross &= ~projected
+                    if cross.any():  # half-space projection: these groups are set to zero now
+                        SliceSet([self.lora_groups[new[i]] for i in cross.nonzero().flatten().tolist()]).scale(self.model, 0.0)
+                        projected |= cross
+                        # keep them at zero for the rest of the period
+                        done = SliceSet([self.lora_groups[i] for i in sorted(redundant)]
+                                        + [self.lora_groups[new[i]] for i in projected.nonzero().flatten().tolist()])
+            redundant |= set(new)
+            tracker = DimsTracker(self.graph)
+            for i in redundant:
+                tracker.add(self.graph.groups[i])
+            kinds: dict[str, int] = {}
+            for i in new:
+                kinds[self.graph.groups[i].kind] = kinds.get(self.graph.groups[i].kind, 0) + 1
+            entry = {"period": k, "target_params": int(round(self.params_to_remove * k / cfg.periods)),
+                     "removed_params": params_before - tracker.params(),
+                     "sparsity": round((params_before - tracker.params()) / params_before, 6),
+                     "new_groups": kinds, "half_space_projected": int(projected.sum()),
+                     "mean_loss": round(sum(losses) / len(losses), 4), "last_loss": round(losses[-1], 4),
+                     "elapsed_s": round(time.perf_counter() - t0, 1), **info}
+            periods.append(entry)
+            self.log(f"lorashear LHSPG period {k}/{cfg.periods}: sparsity {entry['sparsity']:.4f}, "
+                     f"loss {entry['mean_loss']:.3f}, projected {entry['half_space_projected']}")
+        for p in self.base_weights.values():
+            p.requires_grad_(False)
+        removed = [self.graph.groups[i] for i in sorted(redundant)]
+        check = GroupVectors(self.model, removed)
+        snap = check.snapshot()
+        max_abs = max((float(x.abs().max()) for x in snap if x.numel()), default=0.0)
+        summary = {"steps": self.step, "warmup_mean_loss": None if warmup_loss is None else round(warmup_loss, 4),
+                   "max_abs_effective_weight_removed": max_abs, "seconds": round(time.perf_counter() - t0, 1)}
+        return removed, periods, summary
+
+    def _collect_only(self, ids: torch.Tensor) -> None:
+        for p in self.base_weights.values():
+            p.requires_grad_(True)
+        self.model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        for n, p in self.base_weights.items():
+            if p.grad is not None:
+                self.grads[n] = p.grad.detach().clone()
+                p.grad = None
+            p.requires_grad_(False)
+        self.optimizer.zero_grad(set_to_none=True)
