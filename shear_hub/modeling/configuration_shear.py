@@ -12,7 +12,9 @@ Top-level ``num_attention_heads`` etc. hold the widest layer's values (what tool
 from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
-from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import (
+    Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config, Qwen3Config,
+)
 
 PER_LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
 
@@ -29,6 +31,8 @@ class _PerLayerConfigMixin:
             if (heads == 0) != (kv == 0) or (kv and heads % kv):
                 raise ValueError(f"invalid head layout {heads} query / {kv} key-value heads")
 
+    _width_aliases: dict[str, str] = {}  # per-layer field -> the family's own field name (OPT: ffn_dim)
+
     def layer_config(self, layer_idx: int):
         """A copy of this config with the widths of one layer (what the stock layer classes read)."""
         import copy
@@ -36,6 +40,8 @@ class _PerLayerConfigMixin:
         cfg = copy.copy(self)
         for field in PER_LAYER_FIELDS:
             setattr(cfg, field, self.layer_dims[layer_idx][field])
+            if field in self._width_aliases:
+                setattr(cfg, self._width_aliases[field], self.layer_dims[layer_idx][field])
         if cfg.num_attention_heads == 0:  # attention block removed: keep a valid (unused) layout
             cfg.num_attention_heads = cfg.num_key_value_heads = 1
         return cfg
@@ -59,3 +65,26 @@ class ShearQwen2Config(_PerLayerConfigMixin, Qwen2Config):
 @strict
 class ShearQwen3Config(_PerLayerConfigMixin, Qwen3Config):
     model_type = "shear_qwen3"
+
+
+@strict
+class ShearGemma2Config(_PerLayerConfigMixin, Gemma2Config):
+    model_type = "shear_gemma2"
+
+
+@strict
+class ShearGemma3TextConfig(_PerLayerConfigMixin, Gemma3TextConfig):
+    model_type = "shear_gemma3_text"
+
+
+@strict
+class ShearPhi3Config(_PerLayerConfigMixin, Phi3Config):
+    model_type = "shear_phi3"
+
+
+@strict
+class ShearOPTConfig(_PerLayerConfigMixin, OPTConfig):
+    """OPT calls the MLP width ``ffn_dim``; ``head_dim`` is explicit because pruned heads no longer divide hidden."""
+
+    model_type = "shear_opt"
+    _width_aliases = {"intermediate_size": "ffn_dim"}

@@ -8,16 +8,32 @@ one. Removed attention / MLP blocks become modules that add nothing to the resid
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from transformers import (
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
     LlamaForCausalLM,
     MistralForCausalLM,
+    OPTForCausalLM,
+    Phi3ForCausalLM,
     Qwen2ForCausalLM,
     Qwen3ForCausalLM,
 )
+from transformers.models.opt.modeling_opt import OPTAttention
 
-from .configuration_shear import ShearLlamaConfig, ShearMistralConfig, ShearQwen2Config, ShearQwen3Config
+from .configuration_shear import (
+    ShearGemma2Config,
+    ShearGemma3TextConfig,
+    ShearLlamaConfig,
+    ShearMistralConfig,
+    ShearOPTConfig,
+    ShearPhi3Config,
+    ShearQwen2Config,
+    ShearQwen3Config,
+)
 
 
 class RemovedAttention(nn.Module):
@@ -37,12 +53,22 @@ class RemovedMLP(nn.Module):
 class _PerLayerMixin:
     """Rebuilds ``self.model.layers`` from per-layer configs after the stock constructor ran."""
 
+    def _layers_parent(self) -> nn.Module:
+        return self.model
+
+    def _make_layer(self, layer_cls: type, config, layer_idx: int) -> nn.Module:
+        return layer_cls(config.layer_config(layer_idx), layer_idx)
+
+    def _remove_mlp(self, layer: nn.Module) -> None:
+        layer.mlp = RemovedMLP()
+
     def _build_per_layer(self, config) -> None:
-        layer_cls = type(self.model.layers[0])
+        parent = self._layers_parent()
+        layer_cls = type(parent.layers[0])
         layers = []
         cache_idx = 0  # attention layers get compact KV-cache slots so slot 0 always holds real keys
         for i in range(config.num_hidden_layers):
-            layer = layer_cls(config.layer_config(i), i)
+            layer = self._make_layer(layer_cls, config, i)
             dims = config.layer_dims[i]
             if dims["num_attention_heads"] == 0:
                 layer.self_attn = RemovedAttention()
@@ -50,9 +76,9 @@ class _PerLayerMixin:
                 layer.self_attn.layer_idx = cache_idx
                 cache_idx += 1
             if dims["intermediate_size"] == 0:
-                layer.mlp = RemovedMLP()
+                self._remove_mlp(layer)
             layers.append(layer)
-        self.model.layers = nn.ModuleList(layers)
+        parent.layers = nn.ModuleList(layers)
 
 
 class ShearLlamaForCausalLM(_PerLayerMixin, LlamaForCausalLM):
@@ -89,3 +115,77 @@ class ShearQwen3ForCausalLM(_PerLayerMixin, Qwen3ForCausalLM):
         super().__init__(config)
         self._build_per_layer(config)
         self.post_init()
+
+
+class ShearGemma2ForCausalLM(_PerLayerMixin, Gemma2ForCausalLM):
+    config_class = ShearGemma2Config
+
+    def __init__(self, config: ShearGemma2Config):
+        super().__init__(config)
+        self._build_per_layer(config)
+        self.post_init()
+
+
+class ShearGemma3TextForCausalLM(_PerLayerMixin, Gemma3ForCausalLM):
+    config_class = ShearGemma3TextConfig
+
+    def __init__(self, config: ShearGemma3TextConfig):
+        super().__init__(config)
+        self._build_per_layer(config)
+        self.post_init()
+
+
+class ShearPhi3ForCausalLM(_PerLayerMixin, Phi3ForCausalLM):
+    config_class = ShearPhi3Config
+
+    def __init__(self, config: ShearPhi3Config):
+        super().__init__(config)
+        self._build_per_layer(config)
+        self.post_init()
+
+
+class ShearOPTAttention(OPTAttention):
+    """OPT attention with an explicit head_dim (stock OPT derives it from hidden_size / num_attention_heads, which
+    pruned heads break); the stock forward is reused unchanged."""
+
+    def __init__(self, config: ShearOPTConfig, layer_idx: int):
+        nn.Module.__init__(self)
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.dropout = config.attention_dropout
+        self.enable_bias = config.enable_bias
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.is_causal = True
+        self.scaling = self.head_dim**-0.5
+        inner = self.num_heads * self.head_dim
+        self.k_proj = nn.Linear(self.embed_dim, inner, bias=self.enable_bias)
+        self.v_proj = nn.Linear(self.embed_dim, inner, bias=self.enable_bias)
+        self.q_proj = nn.Linear(self.embed_dim, inner, bias=self.enable_bias)
+        self.out_proj = nn.Linear(inner, self.embed_dim, bias=self.enable_bias)
+
+
+class ShearOPTForCausalLM(_PerLayerMixin, OPTForCausalLM):
+    """OPT keeps its layers under model.decoder and its MLP as fc1/fc2 directly on the layer."""
+
+    config_class = ShearOPTConfig
+
+    def __init__(self, config: ShearOPTConfig):
+        super().__init__(config)
+        self._build_per_layer(config)
+        self.post_init()
+
+    def _layers_parent(self) -> nn.Module:
+        return self.model.decoder
+
+    def _make_layer(self, layer_cls: type, config, layer_idx: int) -> nn.Module:
+        layer_config = config.layer_config(layer_idx)
+        stock_config = copy.copy(layer_config)
+        stock_config.num_attention_heads = 1  # the stock attention is replaced right away; 1 always divides hidden
+        layer = layer_cls(stock_config, layer_idx)
+        layer.self_attn = ShearOPTAttention(layer_config, layer_idx)
+        return layer
+
+    def _remove_mlp(self, layer: nn.Module) -> None:
+        layer.fc1, layer.fc2 = RemovedMLP(), RemovedMLP()  # fc2(act(zeros)) -> zeros: adds nothing

@@ -2,6 +2,7 @@
 
 * ``hidden`` is not offered: LayerNorm subtracts the mean over all channels, so a zeroed residual channel still
   changes the mean and variance of the others and no rescaling of the kept weights reproduces that.
+* post-LN OPT (do_layer_norm_before=False, opt-350m) does not offer ``layers`` for the same kind of reason.
 * OPT is multi-head (no GQA), so ``qheads`` yields no groups; ``heads`` removes single heads.
 * A stock OPT config derives the head size as hidden_size / num_attention_heads, so pruned heads need the per-layer
   layout (its attention keeps head_dim explicit). MLP channels and whole layers keep the uniform layout.
@@ -33,6 +34,18 @@ class OPTAdapter(DecoderAdapter):
     unsupported_reasons = {
         HIDDEN: "OPT's LayerNorm subtracts the mean over all hidden channels, so removing one is never exact"
     }
+
+    def __init__(self, model):
+        super().__init__(model)
+        if not getattr(self.config, "do_layer_norm_before", True):
+            # post-LN (opt-350m): each layer's LayerNorms act on the residual stream itself, so dropping a layer
+            # also drops two normalizations of everything after it; no exact removal exists
+            self.supported_kinds = tuple(k for k in self.supported_kinds if k != LAYERS)
+            self.unsupported_reasons = {
+                **self.unsupported_reasons,
+                LAYERS: "post-LayerNorm OPT normalizes the residual stream inside every layer, so a layer cannot "
+                        "be dropped exactly; attn-blocks and mlp-blocks can",
+            }
 
     def extra_global_role(self, name: str) -> ParamRole | None:
         m = re.match(rf"{re.escape(_PREFIX)}\.(final_layer_norm|embed_positions|project_in|project_out)\.(weight|bias)$", name)
