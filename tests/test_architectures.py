@@ -23,11 +23,13 @@ from transformers import AutoModelForCausalLM
 
 from shear_hub.errors import ShearHubError
 from shear_hub.modeling import MODELING_FILES
+from shear_hub.pruning import prune
 from shear_hub.structures import build_graph, get_adapter, supported_model_types, zero_groups
 from shear_hub.structures.graph import ATTN_BLOCKS, HEADS, HIDDEN, LAYERS, MLP, MLP_BLOCKS, QHEADS
 from shear_hub.surgery import build_pruned_model
+from tiny_models import VOCAB_SIZE, build_tokenizer
 
-VOCAB = 97
+VOCAB = VOCAB_SIZE  # the tiny test tokenizer's, so the end-to-end test can calibrate on real text
 COMMON = dict(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=4, max_position_embeddings=128)
 GQA = dict(num_attention_heads=6, num_key_value_heads=2, intermediate_size=40)
 
@@ -102,7 +104,8 @@ def _pick(graph, kind: str, uniform: bool, rng: random.Random) -> list:
         by_layer.setdefault(g.layer, []).append(g)
     out = []
     for layer, gs in sorted(by_layer.items()):
-        n = 1 if uniform else layer % len(gs)  # ragged: 0, 1, ... per layer (never all of a layer)
+        # ragged: a different count per layer, never all of a layer (OPT heads: every layer loses some)
+        n = 1 if uniform else (1 + layer % (len(gs) - 1) if len(gs) > 2 else layer % 2)
         if kind == MLP:
             n = len(gs) // 4 if uniform else (layer + 1) * len(gs) // 8
         out.extend(rng.sample(gs, n))
@@ -311,3 +314,21 @@ def test_phi3_fused_rows_follow_q_k_v_and_gate_up(models):
     assert rows == q + k + v
     channel = next(g for g in graph.of_kind(MLP) if g.layer == 0 and g.index == 5)
     assert sorted(i for s in channel.slices if s.param.endswith("gate_up_proj.weight") for i in s.index) == [5, 45]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_surgeon_end_to_end_python_api(models, family, tmp_path):
+    """The LLM Surgeon through the public Python API on a saved tiny folder of each family: the output folder holds
+    a smaller model that reloads with from_pretrained, and the report describes the architecture."""
+    folder, out = tmp_path / "dense", tmp_path / "pruned"
+    models[family].save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    kinds = "heads,mlp" + (",hidden" if HIDDEN in _supported(family, models) else "")
+    result = prune(str(folder), out, method="surgeon", sparsity=0.2, layout="per-layer", structures=kinds,
+                   calib_samples=4, seq_len=16, method_options={"shots": 2}, progress=False)
+    assert abs(result.achieved_sparsity - 0.2) <= 0.01
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["method"] == "surgeon" and report["architecture_before"] == type(models[family]).__name__
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert sum(p.numel() for p in reloaded.parameters()) == report["params_after"] < report["params_before"]
+    assert torch.isfinite(_logits(reloaded)).all()

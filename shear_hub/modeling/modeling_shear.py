@@ -172,7 +172,12 @@ class ShearOPTForCausalLM(_PerLayerMixin, OPTForCausalLM):
     config_class = ShearOPTConfig
 
     def __init__(self, config: ShearOPTConfig):
-        super().__init__(config)
+        heads = config.num_attention_heads
+        config.num_attention_heads = 1  # the stock constructor insists hidden % heads == 0; its layers are replaced
+        try:
+            super().__init__(config)
+        finally:
+            config.num_attention_heads = heads
         self._build_per_layer(config)
         self.post_init()
 
