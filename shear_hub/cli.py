@@ -39,9 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Library warnings, load reports and retry notices would turn a one-line error into a page; --debug keeps them."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported later
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    if not sys.warnoptions:  # the user's own -W / PYTHONWARNINGS wins
+        warnings.simplefilter("ignore")
+    for name in ("transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # also when already imported (their handlers stay)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("SHEAR_HUB_DEBUG") == "1"
+    if not debug:
+        _quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
         return int(args._run(args) or 0)

@@ -124,8 +124,11 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", trust_
 def _explain_load_failure(spec: str, exc: Exception) -> str:
     text = " ".join(str(exc).split())[:300]
     low = text.lower()
-    if "trust_remote_code" in low:
+    if "trust_remote_code" in low or "custom code" in low:
         return f"{spec} needs custom code to load; pass --trust-remote-code if you trust its author"
+    if "mismatch" in low or "ignore_mismatched_sizes" in low:
+        return (f"the weights of {spec} do not match the shapes in its config.json ({text}); "
+                "re-save the model so that config and weights agree")
     if "safetensor" in low or "header" in low or "deserializ" in low or "incomplete" in low:
         return f"could not read the weights of {spec} ({text}); the safetensors file is corrupted or truncated, re-download or re-save it"
     if "does not recognize this architecture" in low or "model_type" in low or "unrecognized" in low:

@@ -20,8 +20,13 @@ def get_method(name: str, options: dict | None = None) -> PruningMethod:
     cls = METHODS[name]
     try:
         config = cls.config_class(**(options or {}))
-    except TypeError as exc:
-        raise ShearHubError(f"bad option for method {name}: {exc}") from exc
+    except TypeError:
+        from dataclasses import fields
+
+        known = [f.name for f in fields(cls.config_class)]
+        bad = [k for k in (options or {}) if k not in known]
+        raise ShearHubError(f"method {name} has no option {bad[0] if bad else '?'!r}; "
+                            f"use --option KEY=VALUE with KEY one of {', '.join(known) or '(none)'}") from None
     return cls(config)
 
 
