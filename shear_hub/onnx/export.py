@@ -59,7 +59,12 @@ class ExportResult:
 def past_entries(model) -> list[PastEntry]:
     """KV-cache entries of ``model``: one per decoder layer that still has attention, in layer order."""
     out = []
-    for layer_no, layer in enumerate(model.model.layers):
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):  # e.g. BERT, GPT-2, OPT
+        raise ShearHubError(f"export-onnx does not support {type(model).__name__}: it exports decoder-only models "
+                            "laid out as model.layers[i].self_attn (Llama, Mistral, Qwen, Gemma, Phi-3 and their "
+                            "shear-hub per-layer variants); export one of those")
+    for layer_no, layer in enumerate(layers):
         attn = layer.self_attn
         k_proj = getattr(attn, "k_proj", None)
         if k_proj is None:  # RemovedAttention: no keys, no cache slot
