@@ -16,6 +16,7 @@ from .io import check_output_dir, clean_stale_temporaries
 from .loading import load_model, parse_dtype, resolve_source
 from .methods import METHODS, PruneContext, PruningMethod, get_method
 from .report import command_line
+from .resources_check import check_prune
 from .structures import KINDS, build_graph
 from .surgery import LAYOUTS, build_pruned_model
 
@@ -70,6 +71,10 @@ def prune(model: str, output: str | Path, *, method: str = "wanda", sparsity: fl
     check_output_dir(output, overwrite, inputs=(model, source.path))
     clean_stale_temporaries(output)
     pruner = get_method(method, method_options)
+    # Fail in seconds, not after loading, when memory or disk cannot hold the job (estimate from the headers).
+    check_prune(str(Path(source.path) / source.gguf_file) if source.gguf_file else source.path, output, method=method,
+                sparsity=sparsity, dtype=dtype, calib_samples=calib_samples, seq_len=seq_len, batch_size=batch_size,
+                device=device, method_options=pruner.config_dict())
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
 
