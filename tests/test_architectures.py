@@ -332,3 +332,25 @@ def test_surgeon_end_to_end_python_api(models, family, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert sum(p.numel() for p in reloaded.parameters()) == report["params_after"] < report["params_before"]
     assert torch.isfinite(_logits(reloaded)).all()
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "gemma2", "gemma3_text", "opt"])
+def test_per_layer_kv_cache_with_removed_attention(models, family):
+    """Layer 0 (a sliding-window layer where the family has them) loses its attention block; decoding past the
+    window with the KV cache matches the cache-free forward, and greedy generate matches cache-free greedy."""
+    graph = build_graph(models[family], [ATTN_BLOCKS])
+    pruned = build_pruned_model(graph, [g for g in graph.groups if g.layer == 0], "per-layer")[0]
+    ids = torch.cat([_ids()[:1]] * 2, dim=1)  # 24 tokens, window 5
+    with torch.no_grad():
+        full = pruned(ids).logits
+        out = pruned(ids[:, :4], use_cache=True)
+        steps = [out.logits]
+        for t in range(4, ids.shape[1]):
+            out = pruned(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+        generated = pruned.generate(ids[:, :3], max_new_tokens=10, do_sample=False)
+        greedy = ids[:, :3]
+        for _ in range(10):
+            greedy = torch.cat([greedy, pruned(greedy, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(generated, greedy)

@@ -6,7 +6,15 @@ import torch
 
 from shear_hub.methods.surgeon import obs
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Exact algebra needs float64; restore the default so later tests in the same process see float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _spd(n, seed):

@@ -22,6 +22,7 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3ForCausalLM,
 )
+from transformers.cache_utils import DynamicCache
 from transformers.models.opt.modeling_opt import OPTAttention
 
 from .configuration_shear import (
@@ -52,6 +53,21 @@ class RemovedMLP(nn.Module):
 
 class _PerLayerMixin:
     """Rebuilds ``self.model.layers`` from per-layer configs after the stock constructor ran."""
+
+    def forward(self, *args, **kwargs):
+        """Removed attention blocks own no KV-cache slot (slots are compact). A cache built from the config (stock
+        models and ``generate`` do) has one slot per decoder layer, typed by ``layer_types`` (sliding / full):
+        keep the slots of the layers that still attend, so slot j has the type of the j-th attending layer."""
+        attending = [i for i, d in enumerate(self.config.layer_dims) if d["num_attention_heads"] > 0]
+        if len(attending) < self.config.num_hidden_layers:
+            use_cache = kwargs.get("use_cache")
+            if kwargs.get("past_key_values") is None and (self.config.use_cache if use_cache is None else use_cache):
+                kwargs["past_key_values"] = DynamicCache(config=self.config)
+            cache = kwargs.get("past_key_values")
+            if (isinstance(cache, DynamicCache) and len(cache.layers) == self.config.num_hidden_layers
+                    and not any(layer.is_initialized for layer in cache.layers)):
+                cache.layers = [cache.layers[i] for i in attending]
+        return super().forward(*args, **kwargs)
 
     def _layers_parent(self) -> nn.Module:
         return self.model

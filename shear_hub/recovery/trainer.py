@@ -1,0 +1,290 @@
+"""The recovery loop: LoRA (peft) on every linear projection, LM loss optionally mixed with distillation from the
+dense teacher, data parallel through accelerate, checkpointed so that a killed run resumes where it stopped."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..data import load_text, tokenize_text
+from ..errors import ShearHubError
+from ..io import atomic_output_dir, check_output_dir, clean_stale_temporaries
+from ..loading import load_model, resolve_source
+from ..report import command_line, read_report, write_report
+from .checkpoint import Checkpoint, checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import RecoveryConfig
+from .losses import mixed_loss
+
+
+@dataclass
+class RecoveryResult:
+    output: Path
+    report: dict
+    resumed_from: int | None
+
+
+def _log(accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        print(f"shear-hub recover: {message}", file=sys.stderr, flush=True)
+
+
+def lr_at(cfg: RecoveryConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio (a function of the step, so resuming needs no state)."""
+    warm = min(cfg.warmup_steps, max(cfg.steps - 1, 0))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    span = max(cfg.steps - warm, 1)
+    cos = 0.5 * (1 + math.cos(math.pi * (step - warm) / span))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+def step_windows(tokens: torch.Tensor, cfg: RecoveryConfig, step: int) -> torch.Tensor:
+    """The global batch of ``step``: random windows from a generator seeded by (seed, step), identical in every
+    process and after a resume, so data order needs no checkpointing."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    starts = torch.randint(0, tokens.numel() - cfg.seq_len, (cfg.batch_size,), generator=gen)
+    return torch.stack([tokens[s : s + cfg.seq_len] for s in starts.tolist()])
+
+
+def _base_report(source, model) -> dict:
+    """The input folder's report, or a minimal one for a model that shear-hub did not prune (e.g. the dense control)."""
+    report = read_report(source.path) if Path(source.path).is_dir() else {}
+    if report:
+        return report
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "shear_hub_version": __version__, "command": None, "base_model": source.hub_id or str(source.spec),
+        "base_model_license": source.license, "method": "none", "method_config": {},
+        "layout": "per-layer" if getattr(model.config, "auto_map", None) else "uniform", "structures": [],
+        "target_sparsity": 0.0, "achieved_sparsity": 0.0, "params_before": params, "params_after": params,
+        "architecture_before": type(model).__name__, "architecture_after": type(model).__name__,
+        "evaluation": {}, "recovery": None,
+    }
+
+
+def recover(model: str, output: str | Path, config: RecoveryConfig | None = None, *, overwrite: bool = False,
+            device: str | None = None, trust_remote_code: bool = False, resume: bool = True,
+            command: str | None = None) -> RecoveryResult:
+    """Fine-tune ``model`` (a pruned shear-hub folder or any causal LM) with LoRA and write the result to ``output``."""
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+
+    from ..evaluation.report import data_label
+    from ..evaluation.perplexity import perplexity
+
+    cfg = config or RecoveryConfig()
+    cfg.validate()
+    source = resolve_source(model)
+    out = check_output_dir(output, overwrite, inputs=(model, source.path))
+    ckpt_dir = checkpoint_dir(out)
+    accelerator = Accelerator(cpu=(device == "cpu"))
+    world = accelerator.num_processes
+    if cfg.batch_size % world:
+        raise ShearHubError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes; "
+                            f"use a multiple of {world}")
+    if device and device != "cpu" and accelerator.device.type != torch.device(device).type:
+        raise ShearHubError(f"--device {device} asked but accelerate chose {accelerator.device}; check the device")
+    if accelerator.is_main_process:
+        clean_stale_temporaries(out)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    torch.manual_seed(cfg.seed)  # same LoRA initialisation in every process
+    student, tokenizer, source = load_model(model, dtype=cfg.dtype, trust_remote_code=trust_remote_code)
+    teacher = None
+    if cfg.teacher:
+        teacher, _, _ = load_model(cfg.teacher, dtype=cfg.dtype, trust_remote_code=trust_remote_code)
+        if teacher.config.vocab_size != student.config.vocab_size:
+            raise ShearHubError(f"--teacher {cfg.teacher} has vocabulary {teacher.config.vocab_size}, the model "
+                                f"{student.config.vocab_size}; distil from the model it was pruned from")
+        teacher.requires_grad_(False).to(accelerator.device).eval()
+    timings["load"] = time.perf_counter() - t
+    report = _base_report(source, student)
+
+    tokens = tokenize_text(tokenizer, load_text(cfg.data))
+    if tokens.numel() < cfg.seq_len + 1:
+        raise ShearHubError(f"training text has {tokens.numel()} tokens, fewer than --seq-len {cfg.seq_len}; "
+                            "give more text (--data) or a smaller --seq-len")
+    eval_text = load_text(cfg.eval_data) if cfg.eval_data else None
+
+    def measure(m) -> float | None:
+        if eval_text is None or not accelerator.is_main_process:
+            return None
+        return perplexity(m, tokenizer, text=eval_text, seq_len=cfg.eval_seq_len, windows=cfg.eval_windows)
+
+    student.to(accelerator.device)
+    ppl_before = None
+    if eval_text is not None:
+        t = time.perf_counter()
+        ppl_before = measure(student)
+        timings["eval_before"] = time.perf_counter() - t
+        _log(accelerator, f"perplexity before recovery on {data_label(cfg.eval_data)}: {ppl_before:.3f}"
+             if ppl_before is not None else "")
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(student, lora)
+    named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    trainable = sum(p.numel() for _, p in named)
+    optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    fingerprint = cfg.fingerprint(str(Path(source.path).resolve()) if Path(source.path).exists() else source.path)
+    start, curve, train_s, resumed_from = 0, [], 0.0, None
+    ckpt = load_checkpoint(ckpt_dir) if resume else None
+    if ckpt is not None:
+        if ckpt.state.get("fingerprint") != fingerprint:
+            raise ShearHubError(f"checkpoint {ckpt_dir} was made with other settings or another model; re-run with "
+                                "the same arguments to resume it, or add --no-resume to start over")
+        params = dict(named)
+        with torch.no_grad():
+            for name, value in ckpt.adapter.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(ckpt.optimizer)
+        set_rng_state(ckpt.rng)
+        start, curve, train_s, resumed_from = ckpt.step, ckpt.state.get("curve", []), ckpt.state.get("train_s", 0.0), ckpt.step
+        _log(accelerator, f"resuming from checkpoint at step {start}/{cfg.steps} ({ckpt_dir})")
+    elif not resume and accelerator.is_main_process:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    peft_model.train()
+    wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
+    _log(accelerator, f"LoRA r={cfg.lora_rank} on {cfg.target_modules}: {trainable:,} trainable parameters; "
+         f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens on {world} process(es), {accelerator.device}"
+         + (f"; distilling from {cfg.teacher} (alpha {cfg.kd_alpha}, T {cfg.kd_temperature})" if teacher else ""))
+
+    sums = torch.zeros(3)  # loss, lm, kd since the last log line
+    count = 0
+    t_start = time.perf_counter() - train_s
+    for step in range(start, cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        ids = step_windows(tokens, cfg, step)[accelerator.process_index :: world].to(accelerator.device)
+        logits = wrapped(input_ids=ids, use_cache=False).logits
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=ids, use_cache=False).logits
+        loss, lm, kd = mixed_loss(logits, ids, teacher_logits, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+        accelerator.backward(loss)
+        if cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        parts = torch.stack([loss.detach(), lm.detach(), kd.detach() if kd is not None else torch.zeros(())]).cpu()
+        sums += accelerator.reduce(parts.to(accelerator.device), reduction="mean").cpu()
+        count += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0):
+            avg = (sums / count).tolist()
+            point = {"step": done, "loss": round(avg[0], 5), "lm_loss": round(avg[1], 5),
+                     "lr": round(lr_at(cfg, step), 8), "elapsed_s": round(time.perf_counter() - t_start, 1)}
+            if teacher is not None:
+                point["kd_loss"] = round(avg[2], 5)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps and eval_text is not None:
+                value = measure(accelerator.unwrap_model(wrapped))
+                if value is not None:
+                    point["eval_ppl"] = round(value, 4)
+                wrapped.train()
+                accelerator.wait_for_everyone()
+            curve.append(point)
+            sums.zero_()
+            count = 0
+            _log(accelerator, f"step {done}/{cfg.steps} loss {avg[0]:.4f} (lm {avg[1]:.4f}"
+                 + (f", kd {avg[2]:.4f}" if teacher is not None else "") + f") lr {point['lr']:.2e} "
+                 f"{point['elapsed_s']:.0f}s" + (f" eval ppl {point['eval_ppl']:.3f}" if "eval_ppl" in point else ""))
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            if accelerator.is_main_process:
+                unwrapped = accelerator.unwrap_model(wrapped)
+                adapter = {n: p.detach() for n, p in unwrapped.named_parameters() if p.requires_grad}
+                base_opt = getattr(optimizer, "optimizer", optimizer)
+                state = {"fingerprint": fingerprint, "curve": curve, "train_s": time.perf_counter() - t_start,
+                         "steps": cfg.steps}
+                path = save_checkpoint(ckpt_dir, Checkpoint(done, adapter, base_opt.state_dict(), rng_state(), state))
+                _log(accelerator, f"checkpoint saved at step {done} ({path})")
+            accelerator.wait_for_everyone()
+    timings["train"] = time.perf_counter() - t_start
+
+    peft_model = accelerator.unwrap_model(wrapped)
+    peft_model.eval()
+    ppl_after = None
+    if eval_text is not None:
+        t = time.perf_counter()
+        ppl_after = measure(peft_model)
+        timings["eval_after"] = time.perf_counter() - t
+        if ppl_after is not None:
+            _log(accelerator, f"perplexity after recovery: {ppl_after:.3f} (before {ppl_before:.3f})")
+
+    recovery = {
+        "method": "lora" + ("+distillation" if teacher is not None else ""),
+        "command": command or command_line(),
+        "input_model": str(source.spec),
+        "merged": cfg.merge,
+        "config": cfg.to_dict(),
+        "data": data_label(cfg.data),
+        "trainable_params": trainable,
+        "processes": world,
+        "device": str(accelerator.device),
+        "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
+        "resumed_from_step": resumed_from,
+        "curve": curve,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    if eval_text is not None:
+        recovery["perplexity_eval"] = {"data": data_label(cfg.eval_data), "seq_len": cfg.eval_seq_len,
+                                       "windows": cfg.eval_windows}
+        recovery["perplexity_before"] = None if ppl_before is None else round(ppl_before, 4)
+        recovery["perplexity_after"] = None if ppl_after is None else round(ppl_after, 4)
+    report = dict(report)
+    report["recovery"] = recovery
+    if ppl_after is not None:
+        evaluation = dict(report.get("evaluation") or {})
+        evaluation["perplexity"] = {"data": data_label(cfg.eval_data), "seq_len": cfg.eval_seq_len,
+                                    "windows": cfg.eval_windows, "value": round(ppl_after, 4)}
+        report["evaluation"] = evaluation
+
+    if accelerator.is_main_process:
+        t = time.perf_counter()
+        if cfg.merge:
+            _save_merged(peft_model, tokenizer, out, report, overwrite)
+        else:
+            _save_adapter(peft_model, tokenizer, out, report, overwrite, source)
+        recovery["timings_s"]["save"] = round(time.perf_counter() - t, 2)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoint is no longer needed
+        _log(accelerator, f"wrote {'merged model' if cfg.merge else 'LoRA adapter'} -> {out}")
+    accelerator.wait_for_everyone()
+    return RecoveryResult(out, report, resumed_from)
+
+
+def _save_merged(peft_model, tokenizer, out: Path, report: dict, overwrite: bool) -> None:
+    from ..export import save_model_folder
+
+    merged = peft_model.merge_and_unload()
+    # The config must not remember the input folder as its name (it is the output now).
+    merged.config.name_or_path = out.name
+    save_model_folder(merged, tokenizer, out, report, overwrite=overwrite)
+
+
+def _save_adapter(peft_model, tokenizer, out: Path, report: dict, overwrite: bool, source) -> None:
+    """A peft adapter folder whose base is the pruned model folder (AutoPeftModelForCausalLM loads it)."""
+    base = Path(source.path)
+    base_ref = str(base.resolve()) if base.exists() else source.path
+    for cfg in peft_model.peft_config.values():
+        cfg.base_model_name_or_path = base_ref
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        peft_model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for pickle in tmp.glob("*.bin"):
+            pickle.unlink()
+        write_report(tmp, report)
+        (tmp / "README.md").write_text(
+            f"# LoRA adapter for `{base_ref}`\n\nRecovered with shear-hub (not merged). Load it with\n\n"
+            "```python\nimport shear_hub  # registers per-layer architectures (or pass trust_remote_code=True)\n"
+            "from peft import AutoPeftModelForCausalLM\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{out.name}\")\n```\n\n"
+            "Settings and loss curve: `pruning_report.json` → `recovery`.\n", encoding="utf-8")
