@@ -144,8 +144,7 @@ CASES: list[Row] = [
     Row("recover-teacher-other-vocab", ["recover", "{in}/good", "-o", "{out}", "--teacher", "{in}/other_vocab",
                                         "--steps", "1", "--seq-len", "16"], ["vocabulary"], needs="recover"),
     Row("recover-memory-too-small", ["recover", "{in}/good", "-o", "{out}", "--steps", "1", "--seq-len", "16"],
-        ["not enough memory", "estimated"], env={"SHEAR_HUB_MEMORY_LIMIT_BYTES": "1000000"}, needs="recover",
-        xfail="recover does not call shear_hub.resources_check.check_recover yet"),
+        ["not enough memory", "estimated"], env={"SHEAR_HUB_MEMORY_LIMIT_BYTES": "1000000"}, needs="recover"),
     # --- eval
     Row("eval-missing-model", ["eval", "{in}/nope"], ["not found"], needs="eval"),
     Row("eval-truncated-weights", ["eval", "{in}/truncated", "--seq-len", "16", "--windows", "2"],
@@ -160,8 +159,7 @@ CASES: list[Row] = [
     Row("eval-windows-0", ["eval", "{in}/good", "--windows", "0", "--no-speed"], ["--windows"], needs="eval"),
     Row("eval-seq-len-0", ["eval", "{in}/good", "--seq-len", "0", "--no-speed"], ["--seq-len"], needs="eval"),
     Row("eval-seq-len-beyond-positions", ["eval", "{in}/gpt2", "--seq-len", "128", "--windows", "1", "--no-speed"],
-        ["--seq-len"], needs="eval", xfail="eval does not check --seq-len against max_position_embeddings "
-        "(IndexError from the position embedding)"),
+        ["--seq-len"], needs="eval"),
     # --- card
     Row("card-missing-folder", ["card", "{in}/nope"], ["nope"], needs="card"),
     Row("card-no-report", ["card", "{in}/good"], ["pruning_report.json"], needs="card"),

@@ -50,6 +50,10 @@ def evaluate(model_dir: str, *, data: str | None = None, seq_len: int = 512, win
         raise ShearHubError("--seq-len must be >= 2 and --windows >= 1")
     t = time.perf_counter()
     model, tokenizer, source = load_model(model_dir, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and seq_len > limit:  # learned position tables (OPT, GPT-2) would fail with an IndexError
+        raise ShearHubError(f"--seq-len {seq_len} is longer than the model's {limit} positions; use --seq-len {limit} "
+                            "or less")
     result: dict = {"model": str(model_dir), "device": device, "dtype": dtype, "params": count_params(model),
                     "file_size_bytes": weights_bytes(source.path), "timings_s": {"load": time.perf_counter() - t}}
     t = time.perf_counter()

@@ -30,6 +30,9 @@ class SurgeonConfig:
     # a group owning several rows/columns of a matrix (heads) costs the exact joint OBS cost of removing them
     # together; False: the sum of single-row/column costs as in the paper
     joint_cost: bool = True
+    # consumer: a head / MLP channel / block is scored and compensated at its consumer (o_proj, down_proj columns)
+    # only; sum: the sum over every matrix it touches (the paper's per-matrix rows + columns, double-counting)
+    coupling: str = "consumer"
     # rows of G / columns of A touched together in one shot are solved jointly (correlated OBS update); False:
     # structures are only zeroed (no weight update) -- an ablation
     update: bool = True
@@ -52,6 +55,8 @@ class SurgeonConfig:
             raise ShearHubError(f"surgeon curvature {self.curvature!r} is unknown; use --option curvature=kfac or layerwise")
         if self.fisher not in FISHERS:
             raise ShearHubError(f"surgeon fisher {self.fisher!r} is unknown; use --option fisher=empirical or sampled")
+        if self.coupling not in ("consumer", "sum"):
+            raise ShearHubError(f"surgeon coupling {self.coupling!r} is unknown; use --option coupling=consumer or sum")
         if not isinstance(self.shots, int) or self.shots < 1:
             raise ShearHubError(f"surgeon shots must be a positive integer, got {self.shots!r}; e.g. --option shots=4")
         if self.damp_g < 0 or self.damp_a < 0:

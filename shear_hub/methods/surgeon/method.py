@@ -24,8 +24,8 @@ import torch
 
 from ...allocation import allocate
 from ...errors import ShearHubError
-from ...structures.adapters.base import ATTN_ROLES, EMBED, LM_HEAD, MLP_ROLES
-from ...structures.graph import HIDDEN, WHOLE, Group, zero_groups
+from ...structures.adapters.base import ATTN_ROLES, DOWN, EMBED, LM_HEAD, MLP_ROLES, O
+from ...structures.graph import ATTN_BLOCKS, HEADS, HIDDEN, LAYERS, MLP, MLP_BLOCKS, QHEADS, WHOLE, Group, zero_groups
 from ..base import PruneContext, PruningMethod
 from . import obs
 from .config import SurgeonConfig
@@ -165,7 +165,7 @@ class SurgeonMethod(PruningMethod):
             return []
         graph = ctx.graph
         groups = graph.groups
-        index = _SliceIndex(graph, set(self.linears), self.embed_name, self.head_name)
+        index = _SliceIndex(graph, set(self.linears), self.embed_name, self.head_name, self._counts)
         removed: set[int] = set()
         T = self.config.shots
         for t in range(1, T + 1):
@@ -201,6 +201,17 @@ class SurgeonMethod(PruningMethod):
         chosen = [groups[i] for i in sorted(removed)]
         self._report(ctx)
         return chosen
+
+    def _counts(self, group: Group, s) -> bool:
+        """Whether slice ``s`` of ``group`` carries a cost and an OBS update. coupling=consumer: a group whose output
+        enters the residual only through its consumer (o_proj / down_proj columns, or those whole matrices) is scored
+        and compensated there alone -- once those columns are gone the producer rows (q/k/v, gate/up) have no effect,
+        so their row costs and updates would count and compensate the same loss a second time."""
+        if self.config.coupling != "consumer" or group.kind not in _COUPLED:
+            return True
+        role = self.roles.get(s.param)
+        return role is None or role.role not in _PRODUCERS or not any(
+            (r := self.roles.get(x.param)) is not None and r.role in (O, DOWN) for x in group.slices)
 
     def _matrix(self, name: str, f: Factors, dead: dict) -> dict | None:
         """Alive sub-matrix of weight ``name`` with its damped factors and their inverses (fp32, compute device)."""
@@ -287,6 +298,8 @@ class SurgeonMethod(PruningMethod):
         cols: dict[str, set] = defaultdict(set)
         for g in new:
             for s in g.slices:
+                if not self._counts(g, s):
+                    continue  # zeroed with the group, no OBS update of its own
                 if s.dim == 0:
                     rows[s.param].update(s.index)
                 elif s.dim == 1:
@@ -432,17 +445,23 @@ class SurgeonMethod(PruningMethod):
 
 
 # ----- helpers -----------------------------------------------------------------------------------------------
+_COUPLED = (HEADS, QHEADS, MLP, ATTN_BLOCKS, MLP_BLOCKS, LAYERS)
+_PRODUCERS = tuple(r for r in ATTN_ROLES + MLP_ROLES if r not in (O, DOWN))
+
+
 class _SliceIndex:
     """Where each group touches the surgeon's matrices: single rows/columns (vectorized), multi-index slices
     (joint costs), whole matrices, and the embedding / LM-head columns of residual channels."""
 
-    def __init__(self, graph, linears: set[str], embed: str | None, head: str | None):
+    def __init__(self, graph, linears: set[str], embed: str | None, head: str | None, counts=lambda g, s: True):
         single: dict[tuple, list] = defaultdict(list)
         extra: dict[str, list] = defaultdict(list)
         self.multi: dict[str, list] = defaultdict(list)
         self.whole: dict[str, list] = defaultdict(list)
         for gi, g in enumerate(graph.groups):
             for s in g.slices:
+                if s.param in linears and not counts(g, s):
+                    continue
                 if s.param in linears:
                     if s.dim == WHOLE:
                         self.whole[s.param].append(gi)
