@@ -39,6 +39,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--dense", action="store_true", help="also evaluate the dense model")
     ap.add_argument("--json", default=None, help="append one JSON line per run to this file")
+    ap.add_argument("--keep", default=None, help="keep each pruned model in KEEP/surgeon-LAYOUT-SPARSITY (for recovery)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,7 +60,8 @@ def main() -> int:
         for s in (float(x) for x in args.sparsities.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
                 t = time.perf_counter()
-                res = prune(args.model, Path(tmp) / "out", method="surgeon", sparsity=s, layout=layout,
+                out = Path(args.keep) / f"surgeon-{layout}-{s}" if args.keep else Path(tmp) / "out"
+                res = prune(args.model, out, method="surgeon", overwrite=bool(args.keep), sparsity=s, layout=layout,
                             structures=structures, calib_samples=args.calib_samples, seq_len=args.seq_len,
                             batch_size=args.batch_size, method_options=options, progress=False, return_model=True)
                 wall = time.perf_counter() - t
