@@ -16,8 +16,10 @@ class SurgeonConfig:
     # structured: remove the graph's groups (physically smaller model); unstructured / 2:4: masks + OBS updates,
     # the saved file stays dense (same shapes, zeros inside).
     mode: str = "structured"
-    # the target grows linearly over `shots` shots; curvature is recomputed from the updated model each shot
-    shots: int = 4
+    # the target grows linearly over `shots` shots; curvature is recomputed from the updated model each shot.
+    # 1 by default: on SmolLM2 at 20% four shots gave the same perplexity (31.65 vs 31.55, 16 windows) for 4x the
+    # time; the paper uses up to 40 shots on the way to 50% -- raise it for high sparsities
+    shots: int = 1
     # kfac: F ~ G (x) A from forward+backward passes of the whole model; layerwise: G = I, A from cached inputs,
     # one decoder layer on the device at a time (SparseGPT-style, for models larger than the GPU)
     curvature: str = "kfac"

@@ -60,6 +60,7 @@ class SurgeonMethod(PruningMethod):
         self.extras = HIDDEN in ctx.kinds and ctx.graph.of_kind(HIDDEN) != []
         self.compute_device = torch.device(self.config.compute_device or ctx.device)
         self.shot_log: list[dict] = []
+        self.needed: set[str] | None = None  # structured mode: only matrices that carry a cost or an update
         self.peak_factor_bytes = 0
         if ctx.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True  # factor accumulation: TF32 is ample for curvature
@@ -73,7 +74,8 @@ class SurgeonMethod(PruningMethod):
             return [[i] for i in range(self.n_layers)]
         per_layer = [0] * self.n_layers
         for name, mod in self.linears.items():
-            per_layer[self.layer_of[name]] += 4 * (mod.in_features ** 2 + mod.out_features ** 2)
+            if self.needed is None or name in self.needed:
+                per_layer[self.layer_of[name]] += 4 * (mod.in_features ** 2 + mod.out_features ** 2)
         if self.config.layers_per_pass:
             n = self.config.layers_per_pass
         else:
@@ -84,7 +86,7 @@ class SurgeonMethod(PruningMethod):
 
     def _names(self, layers: list[int]) -> list[str]:
         keep = set(layers)
-        return [n for n in self.linears if self.layer_of[n] in keep]
+        return [n for n in self.linears if self.layer_of[n] in keep and (self.needed is None or n in self.needed)]
 
     # ----- the shot driver (shared by structured and mask modes) ---------------------------------------------
     def _shot(self, score, decide, update, before_updates=None) -> None:
@@ -166,6 +168,8 @@ class SurgeonMethod(PruningMethod):
         graph = ctx.graph
         groups = graph.groups
         index = _SliceIndex(graph, set(self.linears), self.embed_name, self.head_name, self._counts)
+        # coupling=consumer without residual channels needs only o_proj / down_proj factors: skip the others' hooks
+        self.needed = {s.param for g in groups for s in g.slices if s.param in self.linears and self._counts(g, s)}
         removed: set[int] = set()
         T = self.config.shots
         for t in range(1, T + 1):
