@@ -23,13 +23,12 @@ _FRONT = "---\n"
 
 
 def template_dir() -> Path:
-    """The space/ folder of the source tree (the Space template ships with the repository)."""
-    here = Path(__file__).resolve().parent.parent / "space"
-    if not (here / "app.py").is_file():
-        raise ShearHubError(
-            f"Space template not found at {here}; run from a shear-hub source checkout (pip install -e .)"
-        )
-    return here
+    """The space/ folder of the source tree, or its copy inside an installed wheel (shear_hub/resources/space)."""
+    source = Path(__file__).resolve().parent.parent / "space"
+    for here in (source, Path(__file__).resolve().parent / "resources" / "space"):
+        if (here / "app.py").is_file():
+            return here
+    raise ShearHubError(f"Space template not found at {source}; reinstall shear-hub (pip install -e .)")
 
 
 def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
