@@ -84,6 +84,10 @@ def prune(model: str, output: str | Path, *, method: str = "wanda", sparsity: fl
     graph = build_graph(dense, kinds)
     params_before = count_params(dense)
     target = int(round(sparsity * params_before))
+    empty = [k for k in kinds if not graph.of_kind(k)]
+    if empty and len(empty) == len(kinds):  # e.g. qheads alone on a multi-head model: nothing could be removed
+        raise ShearHubError(f"{type(dense).__name__} has no removable {', '.join(empty)} groups (qheads needs grouped "
+                            "KV heads); use --structures heads,mlp")
 
     calibration = None
     if pruner.needs_calibration:

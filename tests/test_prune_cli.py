@@ -73,3 +73,17 @@ def test_same_seed_same_result(tiny_folder, tmp_path):
 
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_qheads_on_multi_head_model_is_a_one_line_error(tmp_path, capsys):
+    from model_factory import save_tiny_model_folder
+
+    from shear_hub.cli import main
+
+    folder = tmp_path / "mha"
+    save_tiny_model_folder(folder, heads=4, kv_heads=4, hidden=32)  # no grouped KV heads: no qheads groups
+    out = tmp_path / "out"
+    code = main(["prune", str(folder), "--output", str(out), "--method", "magnitude", "--structures", "qheads"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "no removable qheads groups" in err[-1] and "--structures heads,mlp" in err[-1]
+    assert not out.exists()
