@@ -46,8 +46,7 @@ class LoRAShearConfig:
     # ---- stage 4: dynamic knowledge recovery (after surgery, on the physically smaller model)
     recovery: bool = True
     recovery_rounds: int = 4  # at most this many rounds; stops early when the deviation stops improving
-    recovery_steps: int = 15  # LoRA steps per round
-    recovery_lr: float = 1e-3  # stage 4 trains a fresh LoRA on the smaller model (as `shear-hub recover` does)
+    recovery_steps: int = 10  # LoRA steps per round
     recovery_eval_samples: int = 2  # held-out windows per data source for the deviation measurement
     recovery_min_delta: float = 0.002  # a round must lower the summed loss gap by this much (nats) to continue
     recovery_temperature: float = 0.5  # mixing weights = softmax(gap / temperature) over the sources
@@ -62,7 +61,7 @@ class LoRAShearConfig:
                 raise ShearHubError(f"lorashear {name} must be an integer >= {low}, got {value!r}; e.g. --option {name}={max(low, 1)}")
         if not 0.0 <= self.protected_ratio < 1.0:
             raise ShearHubError(f"lorashear protected_ratio must be in [0, 1), got {self.protected_ratio}; e.g. --option protected_ratio=0.3")
-        if self.lr <= 0 or self.recovery_lr <= 0 or self.lora_alpha <= 0 or self.recovery_temperature <= 0:
+        if self.lr <= 0 or self.lora_alpha <= 0 or self.recovery_temperature <= 0:
             raise ShearHubError("lorashear lr, lora_alpha and recovery_temperature must be > 0")
         if not 0.0 <= self.epsilon < 1.0:
             raise ShearHubError(f"lorashear epsilon must be in [0, 1), got {self.epsilon}")

