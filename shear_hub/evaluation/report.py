@@ -50,14 +50,15 @@ def evaluate(model_dir: str, *, data: str | None = None, seq_len: int = 512, win
         raise ShearHubError("--seq-len must be >= 2 and --windows >= 1")
     t = time.perf_counter()
     model, tokenizer, source = load_model(model_dir, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and seq_len > limit:  # learned position tables (OPT, GPT-2) would fail with an IndexError
-        raise ShearHubError(f"--seq-len {seq_len} is longer than the model's {limit} positions; use --seq-len {limit} "
-                            "or less")
     result: dict = {"model": str(model_dir), "device": device, "dtype": dtype, "params": count_params(model),
                     "file_size_bytes": weights_bytes(source.path), "timings_s": {"load": time.perf_counter() - t}}
     t = time.perf_counter()
     text = load_text(data)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    # learned position tables (OPT, GPT-2) would fail with an IndexError; a too-short text gets its own error below
+    if limit and seq_len > limit and len(tokenize_text(tokenizer, text)) > seq_len:
+        raise ShearHubError(f"--seq-len {seq_len} is longer than the model's {limit} positions; use --seq-len {limit} "
+                            "or less")
     ppl = perplexity(model, tokenizer, text=text, seq_len=seq_len, windows=windows, batch_size=batch_size)
     used = len(sequential_windows(tokenize_text(tokenizer, text), windows, seq_len))  # fewer when the text is short
     result["perplexity"] = {"data": data_label(data), "seq_len": seq_len, "windows": used, "value": round(ppl, 4)}
