@@ -37,6 +37,11 @@ class ModelSource:
     hub_id: str | None = None  # the base model's Hub id when known (for cards)
     license: str | None = None
 
+    @property
+    def weights_path(self) -> str:
+        """The file or folder holding the weights (the .gguf file itself for GGUF sources)."""
+        return str(Path(self.path) / self.gguf_file) if self.gguf_file else self.path
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SHEAR_HUB_CACHE", Path.home() / ".cache" / "shear_hub")).expanduser()

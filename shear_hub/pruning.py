@@ -72,7 +72,7 @@ def prune(model: str, output: str | Path, *, method: str = "wanda", sparsity: fl
     clean_stale_temporaries(output)
     pruner = get_method(method, method_options)
     # Fail in seconds, not after loading, when memory or disk cannot hold the job (estimate from the headers).
-    check_prune(str(Path(source.path) / source.gguf_file) if source.gguf_file else source.path, output, method=method,
+    check_prune(source.weights_path, output, method=method,
                 sparsity=sparsity, dtype=dtype, calib_samples=calib_samples, seq_len=seq_len, batch_size=batch_size,
                 device=device, method_options=pruner.config_dict())
     torch.manual_seed(seed)

@@ -99,11 +99,9 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
     from ..resources_check import check_recover
 
     teacher_source = resolve_source(cfg.teacher) if cfg.teacher else None
-    check_recover(str(Path(source.path) / source.gguf_file) if source.gguf_file else source.path, out,
-                  dtype=cfg.dtype, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lora_rank=cfg.lora_rank,
-                  device=str(accelerator.device),
-                  teacher_path=(str(Path(teacher_source.path) / teacher_source.gguf_file) if teacher_source
-                                and teacher_source.gguf_file else teacher_source.path if teacher_source else None))
+    check_recover(source.weights_path, out, dtype=cfg.dtype, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                  lora_rank=cfg.lora_rank, device=str(accelerator.device),
+                  teacher_path=teacher_source.weights_path if teacher_source else None)
     t = time.perf_counter()
     torch.manual_seed(cfg.seed)  # same LoRA initialisation in every process
     student, tokenizer, source = load_model(model, dtype=cfg.dtype, trust_remote_code=trust_remote_code)

@@ -117,13 +117,16 @@ class SurgeonMethod(PruningMethod):
                 self._apply(update(names, Factors(A=A, tokens=runner.tokens)))
                 runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
         else:
+            def collect(k: int, layers: list[int], names: list[str]) -> Factors:
+                return collect_kfac(model, self._batches(), {n: self.linears[n] for n in names},
+                                    first_layer=self.decoder_layers[layers[0]], fisher=cfg.fisher,
+                                    extras=self.extras and k == 0, embed=model.get_input_embeddings(),
+                                    head=model.get_output_embeddings(), vocab=ctx.graph.dims.vocab_size, generator=gen)
+
             kept = None
             for k, layers in enumerate(chunks):
                 names = self._names(layers)
-                f = collect_kfac(model, self._batches(), {n: self.linears[n] for n in names},
-                                 first_layer=self.decoder_layers[layers[0]], fisher=cfg.fisher,
-                                 extras=self.extras and k == 0, embed=model.get_input_embeddings(),
-                                 head=model.get_output_embeddings(), vocab=ctx.graph.dims.vocab_size, generator=gen)
+                f = collect(k, layers, names)
                 self.peak_factor_bytes = max(self.peak_factor_bytes, f.nbytes())
                 score(names, f)
                 kept = f if len(chunks) == 1 else None
@@ -136,11 +139,7 @@ class SurgeonMethod(PruningMethod):
                 names = self._names(layers)
                 f = kept
                 if f is None:  # weights are only written after all chunks, so every pass sees the same model
-                    f = collect_kfac(model, self._batches(), {n: self.linears[n] for n in names},
-                                     first_layer=self.decoder_layers[layers[0]], fisher=cfg.fisher,
-                                     extras=self.extras and k == 0, embed=model.get_input_embeddings(),
-                                     head=model.get_output_embeddings(), vocab=ctx.graph.dims.vocab_size,
-                                     generator=gen)
+                    f = collect(k, layers, names)
                 new = update(names, f)
                 pending.update({n: w.cpu() if len(chunks) > 1 else w for n, w in new.items()})
                 del f
