@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .data import BUILTIN_CALIB, calibration_batches
+from .data import BUILTIN_CALIB, load_text, random_windows, tokenize_text
 from .errors import ShearHubError
 from .export import save_model_folder
 from .io import check_output_dir, clean_stale_temporaries
@@ -89,14 +89,15 @@ def prune(model: str, output: str | Path, *, method: str = "wanda", sparsity: fl
         raise ShearHubError(f"{type(dense).__name__} has no removable {', '.join(empty)} groups (qheads needs grouped "
                             "KV heads); use --structures heads,mlp")
 
-    calibration = None
+    calibration = calibration_tokens = None
     if pruner.needs_calibration:
         t = time.perf_counter()
-        calibration = calibration_batches(tokenizer, calib, calib_samples, seq_len, seed)
+        calibration_tokens = tokenize_text(tokenizer, load_text(calib))
+        calibration = random_windows(calibration_tokens, calib_samples, seq_len, seed)
         timings["calibration_data"] = time.perf_counter() - t
 
     ctx = PruneContext(dense, tokenizer, graph, calibration, params_before, target, layout, kinds, device=device,
-                       seed=seed, batch_size=batch_size, progress=progress)
+                       seed=seed, batch_size=batch_size, progress=progress, calibration_tokens=calibration_tokens)
     t = time.perf_counter()
     removed = pruner.select(ctx)
     timings["select"] = time.perf_counter() - t

@@ -2,6 +2,7 @@
 masked equivalence between the LoRA-wrapped model before merging and the physically pruned model."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -181,3 +182,29 @@ def test_config_errors_name_the_fix():
         get_method("lorashear", {"periods": 0})
     with pytest.raises(ShearHubError, match="protected_ratio"):
         get_method("lorashear", {"protected_ratio": 1.5})
+
+
+def test_held_out_chunks_are_cut_out_of_the_training_stream():
+    from shear_hub.methods.lorashear.data import split_stream
+
+    tokens = torch.arange(1000)  # every token distinct: overlap would show as shared values
+    source = split_stream(tokens, seq_len=32, n_held=4)
+    assert source.held.shape == (4, 32)
+    assert not set(source.held.flatten().tolist()) & set(source.train.tolist())
+    assert source.train.numel() + source.held.numel() == 1000
+    starts = sorted(int(w[0]) for w in source.held)
+    assert starts[0] > 0 and starts[-1] < 1000 - 64  # spread over the text, not all at one end
+    batch = source.sample(3, 32, torch.Generator().manual_seed(0))
+    assert batch.shape == (3, 32) and not set(batch.flatten().tolist()) & set(source.held.flatten().tolist())
+
+
+def test_recovery_mix_follows_the_relative_deviation():
+    from shear_hub.methods.lorashear.recovery import data_mix
+
+    names = ["pretrain", "instruct"]
+    even = data_mix({"pretrain": 0.2, "instruct": 0.2}, names, 0.05, 0.05)
+    assert torch.allclose(even, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    # the model overtook the full one on instruct (negative gap) but is only just level on pretrain
+    mix = data_mix({"pretrain": -0.02, "instruct": -0.8}, names, 0.05, 0.05)
+    assert float(mix.sum()) == pytest.approx(1.0) and float(mix[1]) == pytest.approx(0.05, abs=1e-6)
+    assert float(data_mix({"pretrain": 0.1, "instruct": 0.0}, names, 0.05, 0.0)[0]) == pytest.approx(1 / (1 + math.exp(-2)))

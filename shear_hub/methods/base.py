@@ -29,6 +29,8 @@ class PruneContext:
     batch_size: int = 4
     progress: bool = True
     report: dict = field(default_factory=dict)  # method-specific entries land in pruning_report.json["method_report"]
+    # the whole tokenized calibration text the windows were cut from (methods that train sample fresh windows)
+    calibration_tokens: torch.Tensor | None = None
 
     def batches(self, desc: str = "calibration"):
         data = self.calibration

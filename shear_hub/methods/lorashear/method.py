@@ -15,6 +15,7 @@ from ...errors import ShearHubError
 from ...structures.graph import HEADS, MLP, QHEADS, Group
 from ..base import PruneContext, PruningMethod
 from .config import LoRAShearConfig
+from .data import TokenSource, from_windows, split_stream
 from .knowledge import knowledge_distribution, mean_loss
 from .lhspg import LHSPG, GroupVectors
 from .lora_groups import attach_lora, lora_aware_groups, lora_parameters, lora_target_modules
@@ -28,17 +29,16 @@ PAPER_NOTES = {
     "saliency": "OTO mixes magnitude / Taylor / cosine criteria with equal weights; ours Taylor on W + BA only "
                 "(magnitude collapses SmolLM2, see shared notes)",
     "recovery": "paper: two-phase LoRA fine-tuning on pretraining then instruction data subsets chosen by the "
-                "per-benchmark gap; ours one loop over a two-source pool, mix from the per-source loss gap",
+                "per-benchmark gap; ours one loop over a two-source pool, mix from the per-source loss gap, "
+                "optimiser as shear-hub recover (r16, lr 1e-3, cosine)",
 }
 
 
-def endless_batches(windows: torch.Tensor, batch_size: int, seed: int, device: str):
-    """Shuffled passes over ``windows``, forever."""
+def endless_batches(source: TokenSource, batch_size: int, seq_len: int, seed: int, device: str):
+    """Fresh random windows of the training stream, forever."""
     gen = torch.Generator().manual_seed(seed)
     while True:
-        order = torch.randperm(len(windows), generator=gen)
-        for start in range(0, len(order), batch_size):
-            yield windows[order[start : start + batch_size]].to(device)
+        yield source.sample(batch_size, seq_len, gen).to(device)
 
 
 class LoRAShearMethod(PruningMethod):
@@ -67,20 +67,22 @@ class LoRAShearMethod(PruningMethod):
         self.check(ctx)
         cfg: LoRAShearConfig = self.config
         log = self._log(ctx)
-        calib = ctx.calibration
-        n_held = min(cfg.knowledge_samples, len(calib) - 1)
-        held, train = calib[-n_held:], calib[:-n_held]
+        seq_len = ctx.calibration.shape[1]
+        n_held = max(cfg.knowledge_samples, cfg.recovery_eval_samples)
+        pretrain = (split_stream(ctx.calibration_tokens, seq_len, n_held) if ctx.calibration_tokens is not None
+                    else from_windows(ctx.calibration, n_held))
+        held = pretrain.held[: cfg.knowledge_samples]
         model = ctx.model
         ctx.report["stage1_dependency_graph"] = {}  # filled below; keeps the report in stage order
 
         # references of the full model for stage 4 (measured before anything changes)
-        sources = {"pretrain": (train, held[: cfg.recovery_eval_samples])}
+        sources = {"pretrain": TokenSource(pretrain.train, pretrain.held[: cfg.recovery_eval_samples])}
         instruct_pairs = 0
         if cfg.recovery and cfg.instruct_source:
-            itrain, iheld, instruct_pairs = instruct_source(ctx.tokenizer, calib.shape[1], cfg.recovery_eval_samples)
-            sources["instruct"] = (itrain, iheld)
-        dense_loss = {s: mean_loss(model, sources[s][1], ctx.batch_size) for s in sources}
-        self._recovery_data = {"sources": sources, "dense_loss": dense_loss, "instruct_pairs": instruct_pairs}
+            sources["instruct"], instruct_pairs = instruct_source(ctx.tokenizer, seq_len, cfg.recovery_eval_samples)
+        dense_loss = {s: mean_loss(model, sources[s].held, ctx.batch_size) for s in sources}
+        self._recovery_data = {"sources": sources, "dense_loss": dense_loss, "instruct_pairs": instruct_pairs,
+                               "seq_len": seq_len}
 
         # stage 2: knowledge distribution -> unprunable groups
         protected, knowledge = knowledge_distribution(model, ctx.graph, held, cfg.protected_ratio, ctx.batch_size, log)
@@ -102,7 +104,7 @@ class LoRAShearMethod(PruningMethod):
 
         # stage 3: LHSPG
         lhspg = LHSPG(peft_model, ctx.graph, groups, protected, ctx.params_to_remove, ctx.layout, cfg, log)
-        removed, periods, summary = lhspg.run(endless_batches(train, ctx.batch_size, ctx.seed, ctx.device))
+        removed, periods, summary = lhspg.run(endless_batches(pretrain, ctx.batch_size, seq_len, ctx.seed, ctx.device))
         if summary["max_abs_effective_weight_removed"] != 0.0:
             raise ShearHubError("internal: LHSPG left removed groups non-zero; please report this")
         ctx.report["stage3_lhspg"] = {"periods": periods, **summary}
@@ -128,10 +130,11 @@ class LoRAShearMethod(PruningMethod):
             ctx.report["stage4_recovery"] = {"skipped": True}
             return
         report = dynamic_recovery(pruned, ctx.graph.adapter, data["sources"], data["dense_loss"], cfg,
-                                  ctx.batch_size, ctx.seed, self._log(ctx))
+                                  ctx.batch_size, data["seq_len"], ctx.seed, self._log(ctx))
         for p in pruned.parameters():
             p.requires_grad_(True)
         if "instruct" in data["sources"]:
             report["instruct_source"] = {"description": INSTRUCT_DESCRIPTION, "pairs": data["instruct_pairs"]}
-        report["pretrain_source"] = "the calibration windows (held-out ones excluded from training)"
+        report["pretrain_source"] = ("random windows of the whole calibration text, minus held-out chunks spread "
+                                     "evenly over it (the deviation and knowledge-analysis windows)")
         ctx.report["stage4_recovery"] = report

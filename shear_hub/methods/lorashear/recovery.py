@@ -1,10 +1,12 @@
 """Stage 4: dynamic knowledge recovery of the pruned (physically smaller) model with LoRA.
 
-A pool of data sources -- pretraining-like text (the calibration windows) and instruction-style data (question /
+A pool of data sources -- pretraining-like text (the calibration text) and instruction-style data (question /
 answer pairs built from the shipped Python-docs FAQ text, in the tokenizer's chat format) -- each with held-out
 windows on which the full model's loss was measured before pruning. Each round measures the pruned model's loss
 gap to the full model per source, trains LoRA on a mix that favours the sources with the largest gap
-(softmax(gap / temperature)), and stops when the summed gap stops improving; the best round's LoRA is merged.
+(softmax(gap / temperature), with a floor), and stops when the summed gap has not improved for ``recovery_patience`` rounds; the
+best round's LoRA is merged. The optimiser follows ``shear-hub recover`` (AdamW, linear warm-up then cosine decay
+over the whole budget, gradient clipping), which is what recovered best on this budget (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import torch
 
 from ...data import builtin_calibration_text, tokenize_text
 from ...structures.adapters.base import ATTN_ROLES, MLP_ROLES
+from ...recovery.config import RecoveryConfig
+from ...recovery.trainer import lr_at
+from .data import TokenSource
 from .knowledge import mean_loss
 
 INSTRUCT_DESCRIPTION = ("question/answer pairs from the FAQ entries of the shipped pydocs_calib.txt (a paragraph "
@@ -55,15 +60,14 @@ def _windows(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
     return tokens[: n * seq_len].view(n, seq_len)
 
 
-def instruct_source(tokenizer, seq_len: int, eval_windows: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(train windows, held-out windows, number of pairs): pairs split 90/10 before packing into windows."""
+def instruct_source(tokenizer, seq_len: int, eval_windows: int) -> tuple[TokenSource, int]:
+    """(source, number of pairs): pairs split 90/10 into the training stream and the held-out windows."""
     pairs = faq_pairs(builtin_calibration_text())
     split = max(1, int(len(pairs) * 0.9))
     train_text = "\n".join(format_pair(tokenizer, q, a) for q, a in pairs[:split])
     eval_text = "\n".join(format_pair(tokenizer, q, a) for q, a in pairs[split:])
-    train = _windows(tokenize_text(tokenizer, train_text), seq_len)
     held = _windows(tokenize_text(tokenizer, eval_text), seq_len)[:eval_windows]
-    return train, held, len(pairs)
+    return TokenSource(train=tokenize_text(tokenizer, train_text), held=held), len(pairs)
 
 
 def recovery_targets(model: torch.nn.Module, adapter) -> list[str]:
@@ -73,44 +77,59 @@ def recovery_targets(model: torch.nn.Module, adapter) -> list[str]:
     return [m for m in wanted if any(n.endswith("." + m) for n in present)]
 
 
-def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                     dense_loss: dict[str, float], cfg, batch_size: int, seed: int, log=None) -> dict:
+def data_mix(gaps: dict[str, float], names: list[str], temperature: float, min_share: float) -> torch.Tensor:
+    """Sampling weights over the sources: softmax(gap / temperature), so the source where the pruned model lags the
+    full one most (relative to the others) gets most steps, mixed with a floor of ``min_share`` per source. Relative,
+    not absolute: once every source is at or past the full model's loss, steps still go where it is least ahead."""
+    logits = torch.tensor([gaps[s] / temperature for s in names], dtype=torch.float64)
+    floor = min(min_share, 1.0 / len(names))
+    return floor + (1 - floor * len(names)) * torch.softmax(logits, 0)
+
+
+def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, TokenSource], dense_loss: dict[str, float],
+                     cfg, batch_size: int, seq_len: int, seed: int, log=None) -> dict:
     """Fine-tune ``model`` in place (LoRA merged at the end); returns the round log for the report."""
     from peft import LoraConfig, get_peft_model
 
     log = log or (lambda msg: None)
     t0 = time.perf_counter()
     device = next(model.parameters()).device
-    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
+    config = LoraConfig(r=cfg.recovery_rank, lora_alpha=cfg.recovery_alpha, lora_dropout=0.0, bias="none",
                         target_modules=recovery_targets(model, adapter))
     peft_model = get_peft_model(model, config)
     lora = [p for n, p in peft_model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(lora, lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(lora, lr=cfg.recovery_lr, weight_decay=0.0)
+    total_steps = cfg.recovery_rounds * cfg.recovery_steps
+    schedule = RecoveryConfig(steps=total_steps, lr=cfg.recovery_lr, warmup_steps=cfg.recovery_warmup_steps,
+                              lora_rank=cfg.recovery_rank)
     gen = torch.Generator().manual_seed(seed)
     names = list(sources)
 
     def gaps() -> dict[str, float]:
-        return {s: mean_loss(peft_model, sources[s][1], batch_size) - dense_loss[s] for s in names}
+        return {s: mean_loss(peft_model, sources[s].held, batch_size) - dense_loss[s] for s in names}
 
     current = gaps()
     best_total, best_state = sum(current.values()), [p.detach().clone() for p in lora]
     rounds = [{"round": 0, "loss_gap": {k: round(v, 4) for k, v in current.items()}, "total_gap": round(best_total, 4)}]
     log(f"lorashear recovery round 0: gap {rounds[0]['loss_gap']}")
     stopped = "max_rounds"
+    step = 0
+    stale = 0  # rounds since the summed gap last improved by recovery_min_delta
     for r in range(1, cfg.recovery_rounds + 1):
-        logits = torch.tensor([current[s] / cfg.recovery_temperature for s in names], dtype=torch.float64)
-        mix = torch.softmax(logits, 0)
+        mix = data_mix(current, names, cfg.recovery_temperature, cfg.recovery_min_share)
         peft_model.train()
         counts = {s: 0 for s in names}
         losses = []
         for _ in range(cfg.recovery_steps):
             s = names[int(torch.multinomial(mix, 1, generator=gen))]
-            train = sources[s][0]
-            pick = torch.randint(0, len(train), (min(batch_size, len(train)),), generator=gen)
-            ids = train[pick].to(device)
+            ids = sources[s].sample(batch_size, seq_len, gen).to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(schedule, step)
             loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(lora, cfg.recovery_max_grad_norm)
             optimizer.step()
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             counts[s] += 1
             losses.append(float(loss.detach()))
@@ -122,10 +141,10 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, tuple[t
                  "loss_gap": {k: round(v, 4) for k, v in current.items()}, "total_gap": round(total, 4)}
         rounds.append(entry)
         log(f"lorashear recovery round {r}: mix {entry['mix']}, gap {entry['loss_gap']}")
-        improved = best_total - total
+        stale = 0 if total < best_total - cfg.recovery_min_delta else stale + 1
         if total < best_total:
             best_total, best_state = total, [p.detach().clone() for p in lora]
-        if improved < cfg.recovery_min_delta:
+        if stale >= cfg.recovery_patience:
             stopped = "deviation stopped improving"
             break
     with torch.no_grad():
@@ -135,7 +154,10 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, tuple[t
     assert merged is model  # peft swaps modules back inside the same object
     best_round = min(rounds, key=lambda e: e["total_gap"])["round"]
     return {"rounds": rounds, "best_round": best_round, "stopped": stopped,
-            "sources": {s: {"train_windows": int(len(sources[s][0])), "eval_windows": int(len(sources[s][1])),
+            "optimizer": {"lora_rank": cfg.recovery_rank, "lora_alpha": cfg.recovery_alpha, "lr": cfg.recovery_lr,
+                          "warmup_steps": schedule.warmup_steps, "schedule": "linear warm-up, cosine decay to 0.1 lr",
+                          "max_grad_norm": cfg.recovery_max_grad_norm, "batch_size": batch_size, "seq_len": seq_len},
+            "sources": {s: {"train_tokens": int(sources[s].train.numel()), "eval_windows": int(len(sources[s].held)),
                             "dense_loss": round(dense_loss[s], 4)} for s in names},
             "seconds": round(time.perf_counter() - t0, 1), "final_total_gap": round(best_total, 4),
             "note": None if math.isfinite(best_total) else "non-finite loss gap"}
