@@ -155,12 +155,12 @@ def test_card_command_line(tmp_path):
     cmd = [sys.executable, "-c", "import sys; sys.argv[0] = 'shear-hub'; from shear_hub.cli import main; "
            "sys.exit(main())"]
     res = subprocess.run([*cmd, "card", str(folder), "--repo-id", "me/taylor"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+                         cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr
     text = (folder / "README.md").read_text()
     assert 'from_pretrained("me/taylor")' in text and "2305.11627" in text  # Taylor scores: LLM-Pruner cited
     res = subprocess.run([*cmd, "card", str(tmp_path / "nope")], capture_output=True, text=True, cwd=ROOT,
-                         timeout=120)
+                         timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "not a folder" in res.stderr
 

@@ -92,11 +92,11 @@ def client_env(server: Server, home: Path, **extra: str) -> dict:
 CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'shear-hub'; from shear_hub.cli import main; sys.exit(main())"]
 
 
-def cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def py(code: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+def py(code: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)
 
