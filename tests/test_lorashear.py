@@ -144,7 +144,7 @@ def test_end_to_end_masked_equivalence_and_schedule(tiny_folder, layout):
     assert abs(sparsities[-1] - 0.3) <= 0.01 and abs(periods[0]["target_params"] - ctx.params_to_remove / 3) <= 1
     assert ctx.report["stage3_lhspg"]["max_abs_effective_weight_removed"] == 0.0
     protected = ctx.report["stage2_knowledge"]
-    assert protected["protected_fraction"] >= 0.3 and protected["protected_units"]
+    assert protected["protected_fraction"] >= 0.1 and protected["protected_units"]
     if layout == "per-layer":  # per-layer allocation honours the unprunable set completely
         units = {(u["layer"], u["block"]) for u in protected["protected_units"]}
         assert not [g for g in removed if (g.layer, "mlp" if g.kind == "mlp" else "attn") in units]
@@ -170,7 +170,7 @@ def test_cli_lorashear_report_and_bad_structures(tiny_folder, tmp_path):
     assert report["method"] == "lorashear" and abs(report["achieved_sparsity"] - 0.25) <= 0.01
     stages = report["method_report"]
     assert [k for k in stages if k.startswith("stage")] == ["stage1_dependency_graph", "stage2_knowledge", "stage3_lhspg", "stage4_recovery"]
-    assert report["method_config"]["protected_ratio"] == 0.3 and "after_surgery" in report["timings_s"]
+    assert report["method_config"]["protected_ratio"] == 0.1 and "after_surgery" in report["timings_s"]
     bad = subprocess.run(args[:-2 * len(FAST)] + ["--structures", "hidden", "--output", str(tmp_path / "b")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "use --structures heads,mlp" in bad.stderr and "Traceback" not in bad.stderr

@@ -25,7 +25,7 @@ SUPPORTED_KINDS = (HEADS, QHEADS, MLP)
 
 PAPER_NOTES = {
     "periods": "paper: progressive over several periods (LLaMA-7B, ~2 GPU days in total); ours 4 x 8 steps (CPU)",
-    "protected_ratio": "paper: unprunable ratio gamma from the knowledge analysis (value not confirmed); ours 0.3",
+    "protected_ratio": "paper: unprunable ratio gamma from the knowledge analysis (value not confirmed); ours 0.1",
     "saliency": "OTO mixes magnitude / Taylor / cosine criteria with equal weights; ours Taylor on W + BA only "
                 "(magnitude collapses SmolLM2, see shared notes)",
     "recovery": "paper: two-phase LoRA fine-tuning on pretraining then instruction data subsets chosen by the "
