@@ -88,13 +88,17 @@ def tokenize_text(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def sample_windows(tokens: torch.Tensor, n: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` windows of ``seq_len`` tokens at random offsets of the stream ``tokens`` (longer than ``seq_len``)."""
+    starts = torch.randint(0, tokens.numel() - seq_len, (n,), generator=generator)
+    return torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])
+
+
 def random_windows(tokens: torch.Tensor, n: int, seq_len: int, seed: int) -> torch.Tensor:
     """``n`` windows of ``seq_len`` tokens at random offsets (fixed by ``seed``)."""
     if tokens.numel() < seq_len + 1:
         raise ShearHubError(f"calibration text has {tokens.numel()} tokens, fewer than --seq-len {seq_len}; give more text or a smaller --seq-len")
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, tokens.numel() - seq_len, (n,), generator=gen)
-    return torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])
+    return sample_windows(tokens, n, seq_len, torch.Generator().manual_seed(seed))
 
 
 def sequential_windows(tokens: torch.Tensor, n: int | None, seq_len: int) -> torch.Tensor:

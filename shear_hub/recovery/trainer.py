@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..data import load_text, tokenize_text
+from ..data import load_text, sample_windows, tokenize_text
 from ..errors import ShearHubError
 from ..io import atomic_output_dir, check_output_dir, clean_stale_temporaries
 from ..loading import load_model, resolve_source
@@ -48,9 +48,7 @@ def lr_at(cfg: RecoveryConfig, step: int) -> float:
 def step_windows(tokens: torch.Tensor, cfg: RecoveryConfig, step: int) -> torch.Tensor:
     """The global batch of ``step``: random windows from a generator seeded by (seed, step), identical in every
     process and after a resume, so data order needs no checkpointing."""
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    starts = torch.randint(0, tokens.numel() - cfg.seq_len, (cfg.batch_size,), generator=gen)
-    return torch.stack([tokens[s : s + cfg.seq_len] for s in starts.tolist()])
+    return sample_windows(tokens, cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
 
 
 def _base_report(source, model) -> dict:
