@@ -208,3 +208,43 @@ def test_recovery_mix_follows_the_relative_deviation():
     mix = data_mix({"pretrain": -0.02, "instruct": -0.8}, names, 0.05, 0.05)
     assert float(mix.sum()) == pytest.approx(1.0) and float(mix[1]) == pytest.approx(0.05, abs=1e-6)
     assert float(data_mix({"pretrain": 0.1, "instruct": 0.0}, names, 0.05, 0.0)[0]) == pytest.approx(1 / (1 + math.exp(-2)))
+
+
+def test_fisher_collects_squared_per_window_mask_gradients():
+    """The per-window backward gives the batched step's LoRA gradient, and each window's contribution to the Fisher
+    criterion is (d loss_i / d s)^2 for s scaling the group's effective weights (checked by finite differences)."""
+    from shear_hub.methods.lorashear.config import LoRAShearConfig
+    from shear_hub.methods.lorashear.lhspg import LHSPG, SliceSet
+
+    model = tiny_llama(layers=2)
+    graph = build_graph(model, ["heads", "mlp"])
+    peft_model = attach_lora(model, graph, rank=4, alpha=8).double()  # float64: finite differences below
+    _randomize_lora(peft_model)
+    groups = lora_aware_groups(graph.groups, peft_model)
+    cfg = LoRAShearConfig(w_taylor=0.0, w_fisher=1.0)
+    lhspg = LHSPG(peft_model, graph, groups, torch.zeros(len(groups), dtype=torch.bool), 10, "per-layer", cfg)
+    ids = torch.tensor([[5, 17, 3, 88, 41, 9, 60, 2], [33, 71, 4, 19, 8, 50, 22, 6]])
+    batched = {}
+    peft_model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    for p in lhspg.lora:
+        batched[id(p)] = p.grad.clone()
+        p.grad = None
+    for p in lhspg.base_weights.values():
+        p.requires_grad_(True)
+    lhspg._backward_per_window(ids)
+    for p in lhspg.lora:
+        assert torch.allclose(p.grad, batched[id(p)], atol=1e-10)
+
+    def window_loss(row, scale, g):
+        SliceSet([groups[g]]).scale(peft_model, scale)
+        with torch.no_grad():  # float64 loss (transformers' own loss upcasts to float32 only)
+            logits = peft_model(input_ids=row[None], use_cache=False).logits[0, :-1]
+            loss = float(torch.nn.functional.cross_entropy(logits, row[1:]))
+        SliceSet([groups[g]]).scale(peft_model, 1 / scale)
+        return loss
+
+    h = 1e-3  # RMSNorm computes in float32 even in a float64 model: smaller steps drown in its rounding
+    for g in [0, len(groups) // 2, len(groups) - 1]:
+        expected = sum(((window_loss(r, 1 + h, g) - window_loss(r, 1 - h, g)) / (2 * h)) ** 2 for r in ids)
+        assert float(lhspg.fisher[g]) == pytest.approx(expected, rel=1e-2)
+    assert float(lhspg.fisher.min()) >= 0 and float(lhspg.fisher.max()) > 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ...errors import ShearHubError
 
-SALIENCY_CRITERIA = ("taylor", "magnitude", "cosine")
+SALIENCY_CRITERIA = ("taylor", "magnitude", "cosine", "fisher")
 
 
 @dataclass
@@ -44,6 +44,9 @@ class LoRAShearConfig:
     w_taylor: float = 1.0
     w_magnitude: float = 0.0
     w_cosine: float = 0.0
+    # fisher: sum over calibration windows of the squared loss gradient w.r.t. a scale on the group's effective
+    # weights (one backward per window during the saliency steps)
+    w_fisher: float = 0.0
     normalize: bool = True  # rank groups by saliency per parameter (knapsack-greedy, like the other methods)
     # ---- stage 4: dynamic knowledge recovery (after surgery, on the physically smaller model). The optimiser
     # settings are `shear-hub recover`'s defaults (r16, lr 1e-3, warm-up + cosine, clipping), measured best here.
@@ -82,9 +85,10 @@ class LoRAShearConfig:
             raise ShearHubError(f"lorashear recovery_min_share must be in [0, 0.5], got {self.recovery_min_share}")
         if not 0.0 <= self.epsilon < 1.0:
             raise ShearHubError(f"lorashear epsilon must be in [0, 1), got {self.epsilon}")
-        weights = (self.w_taylor, self.w_magnitude, self.w_cosine)
+        weights = tuple(self.saliency_weights().values())
         if min(weights) < 0 or sum(weights) <= 0:
-            raise ShearHubError("lorashear saliency weights w_taylor / w_magnitude / w_cosine must be >= 0 and not all 0")
+            raise ShearHubError("lorashear saliency weights w_taylor / w_magnitude / w_cosine / w_fisher must be >= 0 "
+                                "and not all 0; e.g. --option w_taylor=1")
 
     def saliency_weights(self) -> dict[str, float]:
-        return {"taylor": self.w_taylor, "magnitude": self.w_magnitude, "cosine": self.w_cosine}
+        return {"taylor": self.w_taylor, "magnitude": self.w_magnitude, "cosine": self.w_cosine, "fisher": self.w_fisher}

@@ -133,9 +133,11 @@ def effective_weights(peft_model: torch.nn.Module, graph: StructureGraph) -> dic
 
 
 def saliency(peft_model: torch.nn.Module, graph: StructureGraph, grads: dict[str, torch.Tensor],
-             weights: dict[str, float], normalize: bool) -> tuple[torch.Tensor, dict]:
+             weights: dict[str, float], normalize: bool, fisher: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """One importance per group (higher = keep): weighted sum of L2-normalised criteria, per parameter when
-    ``normalize``. Criteria: taylor |x * g| (g = accumulated dL/dx), magnitude x^2, cosine (1 + cos(W_g, BA_g)) / 2."""
+    ``normalize``. Criteria: taylor |x * g| (g = accumulated dL/dx), magnitude x^2, cosine (1 + cos(W_g, BA_g)) / 2,
+    fisher sum_i (sum_g x * dL_i/dx)^2 over windows i (the empirical Fisher of a mask on the group, Kwon et al. 2022,
+    "A Fast Post-Training Pruning Framework for Transformers"; passed in, collected during the steps)."""
     eff = effective_weights(peft_model, graph)
     sizes = graph.group_sizes().clamp_min(1)
     scores: dict[str, torch.Tensor] = {}
@@ -144,6 +146,10 @@ def saliency(peft_model: torch.nn.Module, graph: StructureGraph, grads: dict[str
         scores["taylor"] = group_scores(graph, imp)
     if weights.get("magnitude", 0) > 0:
         scores["magnitude"] = group_scores(graph, {n: (w + d) ** 2 for n, (w, d) in eff.items()})
+    if weights.get("fisher", 0) > 0:
+        if fisher is None:
+            raise RuntimeError("internal: the Fisher criterion needs per-window gradients from at least one step")
+        scores["fisher"] = fisher
     if normalize:
         scores = {k: v / sizes for k, v in scores.items()}
     if weights.get("cosine", 0) > 0:
@@ -181,14 +187,18 @@ class LHSPG:
         # the frozen weights whose gradient feeds the Taylor saliency (dL/dW = dL/dx for x = W + s B A)
         self.base_weights = {n: params[peft_names(peft_model, n, params).weight] for n in slice_params}
         self.grads: dict[str, torch.Tensor] = {}
+        self.fisher: torch.Tensor | None = None  # per-group sum of squared per-window mask gradients
         self.step = 0
         self.losses: list[float] = []
 
     def _train_step(self, ids: torch.Tensor, collect: bool) -> float:
         for p in self.base_weights.values():
             p.requires_grad_(collect)
-        loss = self.model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
+        if collect and self.cfg.w_fisher > 0:
+            loss = self._backward_per_window(ids)
+        else:
+            loss = self.model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
         if collect:
             for n, p in self.base_weights.items():
                 if p.grad is not None:
@@ -202,12 +212,35 @@ class LHSPG:
         self.losses.append(value)
         return value
 
+    def _backward_per_window(self, ids: torch.Tensor) -> torch.Tensor:
+        """The same step's gradient as one batched backward (LoRA grads accumulate), one window at a time, so the
+        Fisher criterion gets one squared mask gradient per window: (sum over the group of x * dL_i/dx)^2."""
+        eff = {n: w + d for n, (w, d) in effective_weights(self.model, self.graph).items()}
+        total = 0.0
+        window_grads: dict[str, torch.Tensor] = {}
+        for row in ids:
+            window = row.unsqueeze(0)
+            loss = self.model(input_ids=window, labels=window, use_cache=False).loss / len(ids)
+            loss.backward()
+            total += float(loss.detach())
+            mask_grad = {}
+            for n, p in self.base_weights.items():
+                if p.grad is None:
+                    continue
+                g = p.grad - window_grads[n] if n in window_grads else p.grad.clone()
+                window_grads[n] = p.grad.clone()
+                mask_grad[n] = eff[n] * g * len(ids)  # d loss_i / d (scale of x) per element, summed per group
+            fisher = group_scores(self.graph, mask_grad) ** 2
+            self.fisher = fisher if self.fisher is None else self.fisher + fisher
+        return torch.tensor(total)
+
     def _select(self, redundant: set[int], fraction: float) -> tuple[list[int], dict]:
         weights = self.cfg.saliency_weights()
-        if weights.get("taylor", 0) > 0 and not self.grads:
+        if (weights.get("taylor", 0) > 0 or weights.get("fisher", 0) > 0) and not self.grads:
             raise RuntimeError("internal: Taylor saliency needs gradients from at least one step")
-        importance, norms = saliency(self.model, self.graph, self.grads, weights, self.cfg.normalize)
+        importance, norms = saliency(self.model, self.graph, self.grads, weights, self.cfg.normalize, self.fisher)
         self.grads = {}
+        self.fisher = None
         cost = importance.clone()
         cost[self.protected] = math.inf
         if redundant:
@@ -286,7 +319,10 @@ class LHSPG:
     def _collect_only(self, ids: torch.Tensor) -> None:
         for p in self.base_weights.values():
             p.requires_grad_(True)
-        self.model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        if self.cfg.w_fisher > 0:
+            self._backward_per_window(ids)
+        else:
+            self.model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
         for n, p in self.base_weights.items():
             if p.grad is not None:
                 self.grads[n] = p.grad.detach().clone()
