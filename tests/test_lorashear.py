@@ -154,6 +154,8 @@ def test_end_to_end_masked_equivalence_and_schedule(tiny_folder, layout):
     rec = ctx.report["stage4_recovery"]
     assert set(rec["sources"]) == {"pretrain", "instruct"} and rec["rounds"][0]["round"] == 0
     assert abs(sum(rec["rounds"][1]["mix"].values()) - 1) < 1e-3
+    # the deviation that picks the merged round is the worst source's gap, not a sum the other source can swamp
+    assert all(e["worst_gap"] == max(e["loss_gap"].values()) for e in rec["rounds"])
     assert set(dict(pruned.named_parameters())) == set(before)  # LoRA merged away: same tensors
     changed = [n for n, p in pruned.named_parameters() if not torch.equal(p, before[n])]
     assert bool(changed) == (rec["best_round"] > 0)

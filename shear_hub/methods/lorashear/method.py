@@ -19,7 +19,7 @@ from .data import TokenSource, from_windows, split_stream
 from .knowledge import knowledge_distribution, mean_loss
 from .lhspg import LHSPG, GroupVectors
 from .lora_groups import attach_lora, lora_aware_groups, lora_parameters, lora_target_modules
-from .recovery import INSTRUCT_DESCRIPTION, dynamic_recovery, instruct_source
+from .recovery import INSTRUCT_DESCRIPTION, dynamic_recovery, recovery_sources
 
 SUPPORTED_KINDS = (HEADS, QHEADS, MLP)
 
@@ -76,10 +76,7 @@ class LoRAShearMethod(PruningMethod):
         ctx.report["stage1_dependency_graph"] = {}  # filled below; keeps the report in stage order
 
         # references of the full model for stage 4 (measured before anything changes)
-        sources = {"pretrain": TokenSource(pretrain.train, pretrain.held[: cfg.recovery_eval_samples])}
-        instruct_pairs = 0
-        if cfg.recovery and cfg.instruct_source:
-            sources["instruct"], instruct_pairs = instruct_source(ctx.tokenizer, seq_len, cfg.recovery_eval_samples)
+        sources, instruct_pairs = recovery_sources(pretrain, ctx.tokenizer, seq_len, cfg)
         dense_loss = {s: mean_loss(model, sources[s].held, ctx.batch_size) for s in sources}
         self._recovery_data = {"sources": sources, "dense_loss": dense_loss, "instruct_pairs": instruct_pairs,
                                "seq_len": seq_len}
