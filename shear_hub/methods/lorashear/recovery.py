@@ -8,8 +8,9 @@ gap to the full model per source, trains LoRA on a mix that favours the sources 
 model lags most (the worst one) -- has not improved for ``recovery_patience`` rounds; the best round's LoRA is merged.
 Worst, not summed: the instruction source's held-out loss falls far below the full model's within a round or two (the
 pairs share one format), and a sum would let that source's drift pick the round (measured: the round chosen by the
-sum was 27.40 on pydocs_eval, the round chosen by the worst source 27.27). The optimiser follows ``shear-hub recover`` (AdamW, linear warm-up then cosine decay
-over the whole budget, gradient clipping), which is what recovered best on this budget (benchmarks/README.md).
+sum was 27.40 on pydocs_eval, the round chosen by the worst source 27.27). The optimiser follows ``shear-hub
+recover`` (AdamW, linear warm-up then cosine decay over the whole budget, gradient clipping), which is what recovered
+best on this budget (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from ...data import builtin_calibration_text, tokenize_text
+from ...data import builtin_calibration_text, sequential_windows, tokenize_text
 from ...structures.adapters.base import ATTN_ROLES, MLP_ROLES
 from ...recovery.config import RecoveryConfig
 from ...recovery.trainer import lr_at
@@ -58,19 +59,15 @@ def format_pair(tokenizer, question: str, answer: str) -> str:
     return f"Question: {question}\nAnswer: {answer}\n"
 
 
-def _windows(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    seq_len = min(seq_len, max(2, tokens.numel()))
-    n = max(1, tokens.numel() // seq_len)
-    return tokens[: n * seq_len].view(n, seq_len)
-
-
 def instruct_source(tokenizer, seq_len: int, eval_windows: int) -> tuple[TokenSource, int]:
     """(source, number of pairs): pairs split 90/10 into the training stream and the held-out windows."""
     pairs = faq_pairs(builtin_calibration_text())
     split = max(1, int(len(pairs) * 0.9))
     train_text = "\n".join(format_pair(tokenizer, q, a) for q, a in pairs[:split])
     eval_text = "\n".join(format_pair(tokenizer, q, a) for q, a in pairs[split:])
-    held = _windows(tokenize_text(tokenizer, eval_text), seq_len)[:eval_windows]
+    eval_tokens = tokenize_text(tokenizer, eval_text)
+    window = min(seq_len, max(2, eval_tokens.numel()))  # very short text: shorter windows rather than none
+    held = sequential_windows(eval_tokens, eval_windows, window)
     return TokenSource(train=tokenize_text(tokenizer, train_text), held=held), len(pairs)
 
 
