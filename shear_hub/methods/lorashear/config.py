@@ -45,7 +45,8 @@ class LoRAShearConfig:
     w_magnitude: float = 0.0
     w_cosine: float = 0.0
     # fisher: sum over calibration windows of the squared loss gradient w.r.t. a scale on the group's effective
-    # weights (one backward per window during the saliency steps)
+    # weights (one backward per window during the saliency steps). Alone (w_taylor=0) on SmolLM2 at 20% it left the
+    # held-out calibration loss 0.070 nats above dense after surgery vs Taylor's 0.027, so it is off by default
     w_fisher: float = 0.0
     normalize: bool = True  # rank groups by saliency per parameter (knapsack-greedy, like the other methods)
     # ---- stage 4: dynamic knowledge recovery (after surgery, on the physically smaller model). The optimiser
