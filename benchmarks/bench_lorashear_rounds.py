@@ -59,7 +59,7 @@ def main() -> None:
         pruned, _, _ = load_model(str(folder))
     # the same pool as the method builds (default calibration text, held-out chunks cut out of the stream)
     tokens = tokenize_text(tokenizer, load_text(None))
-    pretrain = split_stream(tokens, args.seq_len, max(cfg.knowledge_samples, cfg.recovery_eval_samples))
+    pretrain = split_stream(tokens, args.seq_len, cfg.held_out_windows())
     sources, _ = recovery_sources(pretrain, tokenizer, args.seq_len, cfg)
     dense_loss = {s: mean_loss(dense, sources[s].held, args.batch_size) for s in sources}
     del dense

@@ -93,5 +93,9 @@ class LoRAShearConfig:
             raise ShearHubError("lorashear saliency weights w_taylor / w_magnitude / w_cosine / w_fisher must be >= 0 "
                                 "and not all 0; e.g. --option w_taylor=1")
 
+    def held_out_windows(self) -> int:
+        """Calibration windows cut out of the training stream: the knowledge analysis's and stage 4's."""
+        return max(self.knowledge_samples, self.recovery_eval_samples)
+
     def saliency_weights(self) -> dict[str, float]:
         return {"taylor": self.w_taylor, "magnitude": self.w_magnitude, "cosine": self.w_cosine, "fisher": self.w_fisher}

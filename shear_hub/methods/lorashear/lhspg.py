@@ -194,11 +194,7 @@ class LHSPG:
     def _train_step(self, ids: torch.Tensor, collect: bool) -> float:
         for p in self.base_weights.values():
             p.requires_grad_(collect)
-        if collect and self.cfg.w_fisher > 0:
-            loss = self._backward_per_window(ids)
-        else:
-            loss = self.model(input_ids=ids, labels=ids, use_cache=False).loss
-            loss.backward()
+        loss = self._saliency_backward(ids) if collect else self._backward(ids)
         if collect:
             for n, p in self.base_weights.items():
                 if p.grad is not None:
@@ -211,6 +207,15 @@ class LHSPG:
         value = float(loss.detach())
         self.losses.append(value)
         return value
+
+    def _backward(self, ids: torch.Tensor) -> torch.Tensor:
+        loss = self.model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        return loss
+
+    def _saliency_backward(self, ids: torch.Tensor) -> torch.Tensor:
+        """The step's backward when its gradients feed the saliency: per window when the Fisher criterion needs it."""
+        return self._backward_per_window(ids) if self.cfg.w_fisher > 0 else self._backward(ids)
 
     def _backward_per_window(self, ids: torch.Tensor) -> torch.Tensor:
         """The same step's gradient as one batched backward (LoRA grads accumulate), one window at a time, so the
@@ -319,10 +324,7 @@ class LHSPG:
     def _collect_only(self, ids: torch.Tensor) -> None:
         for p in self.base_weights.values():
             p.requires_grad_(True)
-        if self.cfg.w_fisher > 0:
-            self._backward_per_window(ids)
-        else:
-            self.model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        self._saliency_backward(ids)
         for n, p in self.base_weights.items():
             if p.grad is not None:
                 self.grads[n] = p.grad.detach().clone()

@@ -68,7 +68,7 @@ class LoRAShearMethod(PruningMethod):
         cfg: LoRAShearConfig = self.config
         log = self._log(ctx)
         seq_len = ctx.calibration.shape[1]
-        n_held = max(cfg.knowledge_samples, cfg.recovery_eval_samples)
+        n_held = cfg.held_out_windows()
         pretrain = (split_stream(ctx.calibration_tokens, seq_len, n_held) if ctx.calibration_tokens is not None
                     else from_windows(ctx.calibration, n_held))
         held = pretrain.held[: cfg.knowledge_samples]
