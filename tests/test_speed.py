@@ -24,7 +24,7 @@ def _record_calls(model):
     calls: list[tuple[tuple[int, ...], int]] = []
 
     def hook(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24 / earlier
         calls.append((tuple(kwargs["input_ids"].shape), cache.get_seq_length()))
 
     return calls, model.model.register_forward_pre_hook(hook, with_kwargs=True)

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from ..compat import cache_keyword
 from ..errors import ShearHubError
 
 MODES = ("eager", "static-compile")
@@ -55,6 +56,7 @@ def measure_speed(model, tokenizer=None, *, prompt_len: int, new_tokens: int, ba
     ids = _prompt(vocab, batch_size, prompt_len).to(device)
     total = prompt_len + new_tokens
     forward = model.forward
+    cache_kw = cache_keyword(model)
     if mode == "static-compile":
         compile_mode = "reduce-overhead" if device.startswith("cuda") else None
         forward = torch.compile(model.forward, mode=compile_mode, fullgraph=False, dynamic=False)
@@ -69,14 +71,14 @@ def measure_speed(model, tokenizer=None, *, prompt_len: int, new_tokens: int, ba
         with torch.inference_mode():
             # prefill through the same forward so compile specializes once per shape
             pos = torch.arange(prompt_len, device=device)
-            out = forward(input_ids=ids, past_key_values=cache, use_cache=True, cache_position=pos,
+            out = forward(input_ids=ids, **{cache_kw: cache}, use_cache=True, cache_position=pos,
                           position_ids=pos[None].expand(batch_size, -1))
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             _sync(device)
             t1 = time.perf_counter()
             for step in range(new_tokens):
                 pos = torch.tensor([prompt_len + step], device=device)
-                out = forward(input_ids=nxt, past_key_values=cache, use_cache=True, cache_position=pos,
+                out = forward(input_ids=nxt, **{cache_kw: cache}, use_cache=True, cache_position=pos,
                               position_ids=pos[None].expand(batch_size, -1))
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             _sync(device)

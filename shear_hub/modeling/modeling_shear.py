@@ -22,7 +22,6 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3ForCausalLM,
 )
-from transformers.cache_utils import DynamicCache
 from transformers.models.opt.modeling_opt import OPTAttention
 
 from .configuration_shear import (
@@ -38,9 +37,29 @@ from .configuration_shear import (
 
 
 class RemovedAttention(nn.Module):
-    """Stands in for a removed attention block: contributes zero and never touches the KV cache."""
+    """Stands in for a removed attention block: contributes zero to the residual stream.
+
+    It keeps its decoder layer's KV-cache slot and appends placeholder keys/values of one head of width 1 there
+    through the public ``Cache.update``: the slot then reports the true sequence length (``get_seq_length`` and mask
+    sizes, which transformers reads from slot 0 and from the first layer of each attention type), so any cache built
+    from the config (DynamicCache, StaticCache, ``generate``) works unchanged and needs no slot remapping. The cost is
+    2 numbers per token per removed block. Ones, not zeros: some cache layers infer their length from nonzero
+    entries, and a zero-sized tensor counts as empty.
+    """
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+        # transformers >= 5.24 passes the cache as ``cache``; earlier 5.x releases as ``past_key_values``
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None:
+            batch, seq_len = hidden_states.shape[:2]
+            placeholder = hidden_states.new_ones(batch, 1, seq_len, 1)
+            cache_position = kwargs.get("cache_position")
+            cache.update(placeholder, placeholder, self.layer_idx,
+                         None if cache_position is None else {"cache_position": cache_position})
         return torch.zeros_like(hidden_states), None
 
 
@@ -53,21 +72,6 @@ class RemovedMLP(nn.Module):
 
 class _PerLayerMixin:
     """Rebuilds ``self.model.layers`` from per-layer configs after the stock constructor ran."""
-
-    def forward(self, *args, **kwargs):
-        """Removed attention blocks own no KV-cache slot (slots are compact). A cache built from the config (stock
-        models and ``generate`` do) has one slot per decoder layer, typed by ``layer_types`` (sliding / full):
-        keep the slots of the layers that still attend, so slot j has the type of the j-th attending layer."""
-        attending = [i for i, d in enumerate(self.config.layer_dims) if d["num_attention_heads"] > 0]
-        if len(attending) < self.config.num_hidden_layers:
-            use_cache = kwargs.get("use_cache")
-            if kwargs.get("past_key_values") is None and (self.config.use_cache if use_cache is None else use_cache):
-                kwargs["past_key_values"] = DynamicCache(config=self.config)
-            cache = kwargs.get("past_key_values")
-            if (isinstance(cache, DynamicCache) and len(cache.layers) == self.config.num_hidden_layers
-                    and not any(layer.is_initialized for layer in cache.layers)):
-                cache.layers = [cache.layers[i] for i in attending]
-        return super().forward(*args, **kwargs)
 
     def _layers_parent(self) -> nn.Module:
         return self.model
@@ -82,15 +86,11 @@ class _PerLayerMixin:
         parent = self._layers_parent()
         layer_cls = type(parent.layers[0])
         layers = []
-        cache_idx = 0  # attention layers get compact KV-cache slots so slot 0 always holds real keys
         for i in range(config.num_hidden_layers):
             layer = self._make_layer(layer_cls, config, i)
             dims = config.layer_dims[i]
             if dims["num_attention_heads"] == 0:
-                layer.self_attn = RemovedAttention()
-            else:
-                layer.self_attn.layer_idx = cache_idx
-                cache_idx += 1
+                layer.self_attn = RemovedAttention(i)
             if dims["intermediate_size"] == 0:
                 self._remove_mlp(layer)
             layers.append(layer)

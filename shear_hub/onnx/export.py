@@ -4,8 +4,8 @@ Graph inputs:  ``input_ids`` [batch, seq], ``attention_mask`` [batch, past+seq],
                ``past_key_values.{i}.key`` / ``.value`` [batch, kv_heads_i, past, head_dim]
 Graph outputs: ``logits`` [batch, seq, vocab], ``present.{i}.key`` / ``.value`` [batch, kv_heads_i, past+seq, head_dim]
 
-``i`` is the *cache* index: only layers that still have attention get a past entry, numbered 0.. in order, which is
-exactly the compact ``self_attn.layer_idx`` the per-layer model classes use. Per-layer models may give every entry its
+``i`` is the *past* index: only layers that still have attention get a past entry, numbered 0.. in order (inside the
+graph, a removed attention block's own cache slot gets a placeholder, as in PyTorch). Per-layer models may give every entry its
 own ``kv_heads_i``; the shapes are static in the graph and listed in ``config.json`` under ``shear_onnx``. The first
 step feeds past tensors with a past length of 0.
 
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compat import cache_keyword, output_cache
 from ..errors import ShearHubError
 
 ONNX_SUBDIR = "onnx"
@@ -70,10 +71,10 @@ def past_entries(model) -> list[PastEntry]:
         if k_proj is None:  # RemovedAttention: no keys, no cache slot
             continue
         head_dim = int(getattr(attn, "head_dim"))
-        cache_idx = getattr(attn, "layer_idx", len(out))
-        if cache_idx != len(out):
-            raise ShearHubError(f"internal: decoder layer {layer_no} uses cache slot {cache_idx}, expected {len(out)}")
         out.append(PastEntry(len(out), layer_no, k_proj.out_features // head_dim, head_dim))
+    if not out:
+        raise ShearHubError("no decoder layer of this model keeps its attention, so there is no KV cache to export; "
+                            "export a model that keeps at least one attention block")
     return out
 
 
@@ -85,22 +86,31 @@ def io_names(n_past: int) -> tuple[list[str], list[str]]:
 
 
 class _FlatKVWrapper(torch.nn.Module):
-    """Takes the cache as flat tensors, rebuilds a DynamicCache inside the traced graph, returns flat presents."""
+    """Takes the cache as flat tensors, rebuilds a DynamicCache inside the traced graph, returns flat presents.
 
-    def __init__(self, model, n_past: int):
+    The cache holds one slot per decoder layer; a layer whose attention was removed gets the same placeholder
+    (one head of width 1) that its RemovedAttention block writes in PyTorch, built from the past length."""
+
+    def __init__(self, model, past: list[PastEntry]):
         super().__init__()
         self.model = model
-        self.n_past = n_past
+        self.past = past
+        self.n_layers = len(model.model.layers)
 
     def forward(self, input_ids, attention_mask, position_ids, past: list[torch.Tensor]):
         from transformers import DynamicCache
 
-        cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.n_past)])
+        given = {e.decoder_layer: (past[2 * i], past[2 * i + 1]) for i, e in enumerate(self.past)}
+        first = past[0]
+        placeholder = first.new_ones(first.shape[0], 1, first.shape[2], 1)
+        slots = [given.get(layer, (placeholder, placeholder)) for layer in range(self.n_layers)]
+        cache = DynamicCache(ddp_cache_data=slots)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
+                         **{cache_keyword(self.model): cache}, use_cache=True)
+        layers = output_cache(out).layers
         presents: list[torch.Tensor] = []
-        for layer in out.past_key_values.layers[: self.n_past]:
-            presents += [layer.keys, layer.values]
+        for e in self.past:
+            presents += [layers[e.decoder_layer].keys, layers[e.decoder_layer].values]
         return (out.logits, *presents)
 
 
@@ -124,7 +134,7 @@ def _torch_export(model, past: list[PastEntry], file: Path, opset: int | None) -
     batch, seq, past_len = Dim("batch_size"), Dim("sequence_length"), Dim("past_sequence_length")
     total = Dim("total_sequence_length")
     inputs, outputs = io_names(len(past))
-    wrapper = _FlatKVWrapper(model, len(past)).eval()
+    wrapper = _FlatKVWrapper(model, past).eval()
     dynamic = {
         "input_ids": {0: batch, 1: seq},
         "attention_mask": {0: batch, 1: total},
@@ -223,14 +233,15 @@ def _validate(model, runner: OnnxCausalLM, atol: float) -> dict:
     mask[1, :2] = 0  # left padding, the way batched generation feeds it
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     device = next(model.parameters()).device
+    cache_kw = cache_keyword(model)
     with torch.no_grad():
         ref = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                    past_key_values=DynamicCache(), use_cache=True)
+                    **{cache_kw: DynamicCache()}, use_cache=True)
         nxt = torch.randint(0, vocab, (2, 1), generator=g)
         mask2 = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
         pos2 = pos[:, -1:] + 1
         ref2 = model(input_ids=nxt.to(device), attention_mask=mask2.to(device), position_ids=pos2.to(device),
-                     past_key_values=ref.past_key_values, use_cache=True)
+                     **{cache_kw: output_cache(ref)}, use_cache=True)
     logits, past = runner.step(ids.numpy(), mask.numpy(), pos.numpy(), runner.empty_past(2))
     logits2, _ = runner.step(nxt.numpy(), mask2.numpy(), pos2.numpy(), past)
     real = mask.bool().numpy()

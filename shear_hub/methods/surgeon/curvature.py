@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...compat import cache_keyword
+
 
 @dataclass
 class Factors:
@@ -182,7 +184,7 @@ class LayerwiseRunner:
             self.inputs.append(_first_tensor(args, kwargs).detach().to(device))
             kw = {k: _to(v, device) for k, v in kwargs.items() if k != "hidden_states"}
             kw["use_cache"] = False
-            kw["past_key_values"] = None
+            kw[cache_keyword(mod)] = None
             self.kwargs.append(kw)
             raise _Stop
 
