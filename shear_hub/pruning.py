@@ -15,7 +15,7 @@ from .export import save_model_folder
 from .io import check_output_dir, clean_stale_temporaries
 from .loading import load_model, parse_dtype, resolve_source
 from .methods import METHODS, PruneContext, PruningMethod, get_method
-from .report import command_line
+from .report import command_line, transformers_record
 from .resources_check import check_prune
 from .structures import KINDS, build_graph
 from .surgery import LAYOUTS, build_pruned_model
@@ -140,6 +140,7 @@ def prune(model: str, output: str | Path, *, method: str = "wanda", sparsity: fl
         "device": device,
         "dtype": dtype,
         "timings_s": timings,
+        "transformers": transformers_record(layout),
     }
     if abs(achieved - sparsity) > 0.01:
         report["warning"] = (f"achieved sparsity {achieved:.4f} is more than 1% away from the target {sparsity}: "

@@ -40,6 +40,19 @@ def redact(text: str) -> str:
     return re.sub(r"hf_[A-Za-z0-9]{20,}", "***", text)
 
 
+def transformers_record(layout: str) -> dict:
+    """The transformers this folder was written with and, for per-layer folders, the release range their shipped
+    modeling code was tested with (the card states it; the code warns on load outside it)."""
+    import transformers
+
+    record = {"saved_with": transformers.__version__}
+    if layout == "per-layer":
+        from .modeling.modeling_shear import TESTED_TRANSFORMERS
+
+        record["shipped_code_tested"] = list(TESTED_TRANSFORMERS)
+    return record
+
+
 def read_report(model_dir: str | os.PathLike) -> dict:
     path = Path(model_dir) / REPORT_NAME
     return json.loads(path.read_text()) if path.is_file() else {}

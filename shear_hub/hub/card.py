@@ -293,6 +293,7 @@ def card_context(model_dir: Path, report: dict, repo_id: str | None = None) -> t
         "version": report.get("shear_hub_version") or "n/a",
         "citations": [CITATIONS[key]] if key in CITATIONS else [],
         "recovery_lora": bool(recovery),
+        "tested_transformers": ((report.get("transformers") or {}).get("shipped_code_tested") or None),
     }
     # LoRAShear's recovery stage is cited whenever LoRA recovery was run, whatever the pruning method.
     if recovery and key != "lorashear" and "lora" in json.dumps(recovery).lower():

@@ -11,10 +11,20 @@ Top-level ``num_attention_heads`` etc. hold the widest layer's values (what tool
 
 from __future__ import annotations
 
-from huggingface_hub.dataclasses import strict
+import dataclasses
+
+from huggingface_hub.dataclasses import strict as _strict
 from transformers import (
     Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config, Qwen3Config,
 )
+
+
+
+def strict(cls: type) -> type:
+    """huggingface_hub's ``@strict`` where the family configs are strict dataclasses (newer transformers 5.x
+    releases, which then call ``validate_architecture``); earlier 5.x configs are plain classes and stay so."""
+    return _strict(cls) if dataclasses.is_dataclass(cls) else cls
+
 
 PER_LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
 

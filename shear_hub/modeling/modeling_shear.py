@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 
 import torch
+import transformers
+from packaging.version import Version
 from torch import nn
 from transformers import (
     Gemma2ForCausalLM,
@@ -34,6 +36,24 @@ from .configuration_shear import (
     ShearQwen2Config,
     ShearQwen3Config,
 )
+
+
+# The transformers releases this file was tested with (CI loads per-layer folders through it under both ends). It is
+# shipped inside every per-layer model folder, so a folder records the range its own code knows.
+TESTED_TRANSFORMERS = ("5.0.0", "5.24.0")
+_logger = transformers.utils.logging.get_logger(__name__)
+
+
+def warn_if_untested_transformers(version: str | None = None) -> bool:
+    """One warning line when ``version`` (default: the installed transformers) is outside ``TESTED_TRANSFORMERS``;
+    True if it is."""
+    low, high = TESTED_TRANSFORMERS
+    version = version or transformers.__version__
+    if Version(low).release <= Version(version).release <= Version(high).release:
+        return False
+    _logger.warning(f"this per-layer model's code was tested with transformers {low} to {high}, not {version}; "
+                    "if it misbehaves, install a tested release")
+    return True
 
 
 class RemovedAttention(nn.Module):
@@ -83,6 +103,7 @@ class _PerLayerMixin:
         layer.mlp = RemovedMLP()
 
     def _build_per_layer(self, config) -> None:
+        warn_if_untested_transformers()
         parent = self._layers_parent()
         layer_cls = type(parent.layers[0])
         layers = []
