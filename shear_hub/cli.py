@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print("shear-hub: error: out of memory; use a smaller --calib-samples/--seq-len, --dtype bfloat16, "
-              "or --curvature layerwise", file=sys.stderr)
+              "or --option curvature=layerwise (surgeon)", file=sys.stderr)
         return 3
     except Exception as exc:  # last resort: still one line, traceback with --debug
         if debug:

@@ -121,7 +121,7 @@ def record_evaluation(model_dir: str | os.PathLike, result: dict, base: dict | N
     write_report(folder, report)
     try:
         from ..hub.card import render_card
-    except ImportError:  # publishing extras missing: the report is still updated
+    except ImportError:  # card dependencies (jinja2, matplotlib) missing: the report is still updated
         return True
     render_card(folder)
     return True

@@ -6,7 +6,6 @@ knowledge (module names, config fields) lives in ``adapters/``; everything here 
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -68,9 +67,6 @@ class ModelDims:
     def __post_init__(self) -> None:
         if not self.original_index:
             self.original_index = list(range(len(self.layers)))
-
-    def copy(self) -> ModelDims:
-        return copy.deepcopy(self)
 
     def is_uniform(self) -> bool:
         return all(asdict(layer) == asdict(self.layers[0]) for layer in self.layers) and all(

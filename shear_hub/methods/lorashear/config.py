@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from ...errors import ShearHubError
 
-SALIENCY_CRITERIA = ("taylor", "magnitude", "cosine", "fisher")
 
 
 @dataclass

@@ -99,21 +99,3 @@ def lora_scaling(peft_model: torch.nn.Module, module_name: str) -> float:
 
 def lora_parameters(peft_model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for n, p in peft_model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
-
-
-def scale_groups(model: torch.nn.Module, groups: list[Group], factor: float) -> None:
-    """Multiply every slice of ``groups`` by ``factor`` (0 gives exact zeros). On LoRA-aware groups this scales each
-    group's effective weight by ``factor``: rows via W and B rows, columns via W and A columns."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for group in groups:
-            for s in group.slices:
-                t = params[s.param]
-                if s.dim == WHOLE:
-                    t.mul_(factor)
-                    continue
-                idx = torch.tensor(s.index, device=t.device)
-                if factor == 0.0:
-                    t.index_fill_(s.dim, idx, 0.0)
-                else:
-                    t.index_copy_(s.dim, idx, t.index_select(s.dim, idx) * factor)
