@@ -111,3 +111,18 @@ def test_bad_options_are_one_line_errors():
         get_method("surgeon", {"shots": 0})
     with pytest.raises(ShearHubError, match="has no option .nonsense."):
         get_method("surgeon", {"nonsense": 1})
+
+
+def test_multi_pass_curvature_chooses_the_same_groups_as_one_pass(tiny_folder):
+    """Models whose factors do not fit at once are curved in several forward/backward passes (layers_per_pass);
+    forced on CPU, every pass count must remove exactly the groups the single pass removes, with the same updates."""
+    runs = {}
+    for per_pass in (0, 1):  # 0: all layers in one pass (memory permits on the tiny model)
+        dense, graph, removed, _, ctx = _run_method(tiny_folder, ["heads", "mlp", "hidden"], "per-layer", shots=2,
+                                                    layers_per_pass=per_pass)
+        n_layers = len(graph.dims.layers)
+        assert {s["passes"] for s in ctx.report["shots"]} == {1 if per_pass == 0 else -(-n_layers // per_pass)}
+        with torch.no_grad():
+            runs[per_pass] = (sorted(g.name for g in removed), dense(IDS).logits)
+    assert runs[1][0] == runs[0][0]
+    torch.testing.assert_close(runs[1][1], runs[0][1], rtol=1e-5, atol=1e-5)
