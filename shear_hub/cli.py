@@ -10,7 +10,7 @@ import sys
 from .errors import ShearHubError
 
 # Subcommand modules in shear_hub/commands/, each with add_parser(subparsers) and run(args) -> int.
-COMMANDS = ["prune", "recover", "eval", "card", "push", "export_onnx"]
+COMMANDS = ["prune", "recover", "eval", "card", "push", "export_onnx", "export_gguf"]
 
 
 class _Parser(argparse.ArgumentParser):
