@@ -62,10 +62,15 @@ def _configs() -> dict:
 FAMILIES = list(_configs())
 
 
-def tiny_model(family: str, seed: int = 0):
-    """A random model of ``family``; norms randomized around their identity so hidden surgery is exercised."""
+def tiny_model(family: str, seed: int = 0, layers: int | None = None):
+    """A random model of ``family``; norms randomized around their identity so hidden surgery is exercised.
+    ``layers`` keeps only the first few decoder layers (and their layer_types), for slow consumers such as ONNX."""
     torch.manual_seed(seed)
     config = _configs()[family]()
+    if layers is not None:
+        config.num_hidden_layers = layers
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = config.layer_types[:layers]
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     one_plus_w = family.startswith("gemma")  # Gemma norms compute (1 + w)

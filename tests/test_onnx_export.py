@@ -133,3 +133,57 @@ def test_refusals(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     assert main(["export-onnx", str(tmp_path / "missing"), "--output", str(tmp_path / "taken")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+# Every family of the README's architecture table exports (Llama in both layouts above). To keep this fast each other
+# family runs in one layout, Phi-3 (fused qkv_proj) in both; export_onnx itself checks a prefill and a cached decode
+# step in onnxruntime, and _check_against_pytorch decodes two more tokens past the tiny sliding windows (5).
+FAMILY_CASES = [("mistral", "uniform"), ("qwen2", "per-layer"), ("qwen3", "uniform"), ("gemma2", "per-layer"),
+                ("gemma3_text", "uniform"), ("phi3", "uniform"), ("phi3", "per-layer")]
+
+
+def _family_pruned(family: str, layout: str):
+    """Three layers. ``uniform``: one KV group and 8 MLP channels gone from every layer; ``per-layer``: layer 0 loses
+    a KV group and 5 MLP channels, layer 1 its whole attention block, layer 2 keeps everything."""
+    from test_architectures import tiny_model
+
+    model = tiny_model(family, layers=3)
+    graph = build_graph(model, ["heads", "mlp", "attn-blocks"])
+    if layout == "uniform":
+        removed = [g for g in graph.of_kind("heads") if g.index == 0]
+        removed += [g for g in graph.of_kind("mlp") if g.index < 8]
+    else:
+        removed = [g for g in graph.of_kind("heads") if g.layer == 0 and g.index == 0]
+        removed += [g for g in graph.of_kind("mlp") if g.layer == 0 and g.index < 5]
+        removed += [g for g in graph.of_kind("attn-blocks") if g.layer == 1]
+    return build_pruned_model(graph, removed, layout)[0]
+
+
+@pytest.mark.parametrize("family,layout", FAMILY_CASES)
+def test_every_family_exports(tmp_path, family, layout):
+    model = _family_pruned(family, layout)
+    result = export_onnx(model, tmp_path / "out", backend="torch")
+    assert result.validation["passed"] is True
+    entries = [(e.index, e.decoder_layer, e.num_key_value_heads, e.head_dim) for e in result.past]
+    if layout == "uniform":
+        assert entries == [(i, i, 1, 8) for i in range(3)]
+    else:  # ragged cache: one KV head, then none (removed block, no graph input), then two
+        assert entries == [(0, 0, 1, 8), (1, 2, 2, 8)]
+    config = json.loads((result.path / "config.json").read_text())
+    assert config["model_type"] == (family if layout == "uniform" else f"shear_{family}")
+    _check_against_pytorch(model, OnnxCausalLM(result.path))
+
+
+def test_opt_refused_up_front(tmp_path, capsys):
+    from test_architectures import tiny_model
+
+    with pytest.raises(ShearHubError, match="does not support OPTForCausalLM") as err:
+        export_onnx(tiny_model("opt"), tmp_path / "x", backend="torch")
+    assert "\n" not in str(err.value) and not (tmp_path / "x").exists()
+    src = tmp_path / "opt"
+    tiny_model("opt").save_pretrained(src)
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["export-onnx", str(src), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the loader's progress bar
+    assert err.startswith("shear-hub: error:") and "does not support OPTForCausalLM" in err
+    assert not (tmp_path / "o").exists()

@@ -66,16 +66,28 @@ def past_entries(model) -> list[PastEntry]:
                             "laid out as model.layers[i].self_attn (Llama, Mistral, Qwen, Gemma, Phi-3 and their "
                             "shear-hub per-layer variants); export one of those")
     for layer_no, layer in enumerate(layers):
-        attn = layer.self_attn
-        k_proj = getattr(attn, "k_proj", None)
-        if k_proj is None:  # RemovedAttention: no keys, no cache slot
+        kv_heads = _kv_heads(layer.self_attn)
+        if kv_heads is None:  # RemovedAttention: no keys, so no graph input (its slot gets a placeholder inside)
             continue
-        head_dim = int(getattr(attn, "head_dim"))
-        out.append(PastEntry(len(out), layer_no, k_proj.out_features // head_dim, head_dim))
+        out.append(PastEntry(len(out), layer_no, kv_heads, int(layer.self_attn.head_dim)))
     if not out:
         raise ShearHubError("no decoder layer of this model keeps its attention, so there is no KV cache to export; "
                             "export a model that keeps at least one attention block")
     return out
+
+
+def _kv_heads(attn) -> int | None:
+    """KV heads of one attention block, read from its weights: ``k_proj`` (Llama, Mistral, Qwen, Gemma) or the fused
+    ``qkv_proj`` of Phi-3 (queries, then keys, then values); None for a removed block (RemovedAttention)."""
+    if type(attn).__name__ == "RemovedAttention":
+        return None
+    k_proj, qkv, o_proj = (getattr(attn, name, None) for name in ("k_proj", "qkv_proj", "o_proj"))
+    if k_proj is not None and hasattr(attn, "head_dim"):
+        return k_proj.out_features // int(attn.head_dim)
+    if qkv is not None and o_proj is not None and hasattr(attn, "head_dim"):
+        return (qkv.out_features - o_proj.in_features) // (2 * int(attn.head_dim))
+    raise ShearHubError(f"export-onnx does not know the attention block {type(attn).__name__} (no k_proj or qkv_proj "
+                        "with head_dim); export a Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 or Phi-3 model")
 
 
 def io_names(n_past: int) -> tuple[list[str], list[str]]:
