@@ -18,6 +18,8 @@ def add_parser(subparsers) -> None:
                    "name[:config[:split]] (default: the built-in calibration text, which is not held out)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--windows", type=int, default=48, help="number of consecutive windows (default 48)")
+    p.add_argument("--domains", action="store_true", help="also the cross-domain protocol: perplexity with the same "
+                   "windows on each shipped held-out text (fiction, drama, encyclopedia, manual) and their geometric mean")
     p.add_argument("--tasks", default=None, help="comma list of lm-eval tasks, e.g. hellaswag,arc_easy")
     p.add_argument("--task-limit", type=int, default=None, help="examples per task (lm-eval --limit)")
     p.add_argument("--base", default=None, metavar="MODEL", help="also measure this model (e.g. the dense one) for comparison")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                   speed=not args.no_speed, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                   speed_settings={"prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                                   "batch_size": args.speed_batch_size},
-                  trust_remote_code=args.trust_remote_code)
+                  trust_remote_code=args.trust_remote_code, domains=args.domains)
     result = evaluate(args.model, notes=notes, **kwargs)
     base = evaluate(args.base, notes=[], **kwargs) if args.base else None
     if base:
@@ -70,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
     ppl = result["perplexity"]
     rows.append((f"perplexity ({ppl['data']}, {ppl['windows']} x {ppl['seq_len']})", f"{ppl['value']:.3f}"
                  + (f"  (base {base['perplexity']['value']:.3f})" if base else "")))
+    if "domains" in result:
+        dom, base_dom = result["domains"], (base or {}).get("domains")
+        for name, entry in dom["texts"].items():
+            rows.append((f"perplexity ({name}: {entry['data']}, {entry['windows']} x {dom['seq_len']})",
+                         f"{entry['value']:.3f}" + (f"  (base {base_dom['texts'][name]['value']:.3f})" if base_dom else "")))
+        rows.append((f"perplexity, geometric mean of {len(dom['texts'])} domains", f"{dom['geometric_mean']:.3f}"
+                     + (f"  (base {base_dom['geometric_mean']:.3f})" if base_dom else "")))
     if "speed" in result:
         s = result["speed"]
         rows.append((f"prefill tok/s ({s['prompt_len']} tokens, batch {s['batch_size']}, {s['device']})",
