@@ -112,3 +112,60 @@ def sequential_windows(tokens: torch.Tensor, n: int | None, seq_len: int) -> tor
 
 def calibration_batches(tokenizer, spec: str | None, samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
     return random_windows(tokenize_text(tokenizer, load_text(spec)), samples, seq_len, seed)
+
+
+def random_window_starts(num_tokens: int, n: int, seq_len: int, seed: int) -> list[int]:
+    """The offsets ``random_windows`` cuts its windows at (the same generator draws)."""
+    if num_tokens < seq_len + 1:
+        raise ShearHubError(f"calibration text has {num_tokens} tokens, fewer than --seq-len {seq_len}; give more text or a smaller --seq-len")
+    return torch.randint(0, num_tokens - seq_len, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def held_out_windows(tokens: torch.Tensor, n: int, seq_len: int,
+                     exclude: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, list[int]]:
+    """Up to ``n`` windows of ``seq_len`` tokens of the stream ``tokens`` that overlap none of the ``exclude`` token
+    ranges ``[start, end)``, spread evenly over the stream; returns (windows [k, seq_len], their starts), k <= n.
+
+    Each gap between excluded ranges is cut into whole windows from its start; when more than ``n`` fit, ``n`` are
+    taken at evenly spaced ranks, so the held-out text samples the whole source, not one end of it."""
+    total = tokens.numel()
+    free = torch.ones(total, dtype=torch.bool)
+    for start, end in exclude:
+        free[max(0, start) : max(0, end)] = False
+    candidates: list[int] = []
+    if n > 0 and seq_len > 0 and total >= seq_len:
+        edges = torch.diff(free.to(torch.int8), prepend=torch.zeros(1, dtype=torch.int8),
+                           append=torch.zeros(1, dtype=torch.int8))
+        run_starts = torch.nonzero(edges == 1).flatten().tolist()
+        run_ends = torch.nonzero(edges == -1).flatten().tolist()
+        for a, b in zip(run_starts, run_ends):
+            candidates.extend(range(a, b - seq_len + 1, seq_len))
+    if len(candidates) > n:
+        picks = torch.linspace(0, len(candidates) - 1, n).round().long().unique().tolist()
+        candidates = [candidates[i] for i in picks]
+    if not candidates:
+        return torch.zeros(0, max(seq_len, 0), dtype=tokens.dtype), []
+    return torch.stack([tokens[s : s + seq_len] for s in candidates]), candidates
+
+
+def split_calibration(tokens: torch.Tensor, samples: int, seq_len: int, seed: int, held_windows: int,
+                      held_len: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, list[int]]:
+    """Calibration windows, the stream methods may sample more windows from, and held-out evaluation windows.
+
+    Returns (calibration, stream, held_out, held_out_starts): ``calibration`` is exactly ``random_windows(tokens,
+    samples, seq_len, seed)`` (None when ``samples`` is 0); ``held_out`` holds up to ``held_windows`` windows of
+    ``held_len`` tokens that overlap no calibration window; ``stream`` is ``tokens`` with the held-out windows cut
+    out, so a method that trains on fresh windows of the text never sees them either."""
+    calibration, exclude = None, []
+    if samples > 0:
+        starts = random_window_starts(tokens.numel(), samples, seq_len, seed)
+        calibration = torch.stack([tokens[s : s + seq_len] for s in starts])
+        exclude = [(s, s + seq_len) for s in starts]
+    held, held_starts = held_out_windows(tokens, held_windows, held_len, exclude)
+    stream = tokens
+    if held_starts:
+        keep = torch.ones(tokens.numel(), dtype=torch.bool)
+        for s in held_starts:
+            keep[s : s + held_len] = False
+        stream = tokens[keep]
+    return calibration, stream, held, held_starts

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from .io import atomic_output_dir
-from .report import write_report
+from .report import weights_bytes, write_report
 
 
 def save_model_folder(model, tokenizer, output: str | Path, report: dict, *, overwrite: bool = False,
@@ -14,6 +16,7 @@ def save_model_folder(model, tokenizer, output: str | Path, report: dict, *, ove
     """Save into a temporary sibling and rename into ``output`` when everything (card included) is written."""
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         write_model_files(model, tokenizer, tmp)
+        _record_saved_weights(report, model, tmp)
         for name, src in (extra_files or {}).items():
             shutil.copy2(src, tmp / name)
         write_report(tmp, report)
@@ -35,9 +38,17 @@ def write_model_files(model, tokenizer, folder: Path) -> None:
         pickle.unlink()  # never ship pickles (training_args.bin and the like)
 
 
+def _record_saved_weights(report: dict, model, folder: Path) -> None:
+    """What was actually written (any command that saves, e.g. recover, updates it): the card shows these."""
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        report["save_dtype"] = str(dtype).removeprefix("torch.")
+    report["weights_bytes_after"] = weights_bytes(folder)
+
+
 def _render_card(folder: Path) -> None:
     try:
         from .hub.card import render_card
-    except ImportError:  # publishing extras missing: the folder is still complete without a card
+    except ImportError:  # card dependencies (jinja2, matplotlib) missing: the folder is complete without a card
         return
     render_card(folder)

@@ -53,6 +53,11 @@ def transformers_record(layout: str) -> dict:
     return record
 
 
+def weights_bytes(model_dir: str | os.PathLike) -> int:
+    """Bytes of the folder's *.safetensors files: what is recorded as weights_bytes_after."""
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+
+
 def read_report(model_dir: str | os.PathLike) -> dict:
     path = Path(model_dir) / REPORT_NAME
     return json.loads(path.read_text()) if path.is_file() else {}

@@ -158,7 +158,7 @@ def _kfac_bytes(info: WeightsInfo, layerwise: bool) -> int:
 
 
 def estimate_prune(info: WeightsInfo, *, method: str, sparsity: float, dtype: str, calib_samples: int, seq_len: int,
-                   batch_size: int, method_options: dict | None = None) -> Estimate:
+                   batch_size: int, method_options: dict | None = None, save_dtype: str | None = None) -> Estimate:
     b = DTYPE_BYTES.get(dtype, 4)
     weights = info.params * b
     parts = {"dense weights": weights, "pruned copy": int(weights * (1 - sparsity))}
@@ -176,7 +176,8 @@ def estimate_prune(info: WeightsInfo, *, method: str, sparsity: float, dtype: st
     scoring = sum(v for k, v in parts.items() if k not in ("dense weights", "pruned copy"))
     memory = int((weights + max(parts["pruned copy"], scoring)) * SAFETY) + RUNTIME_OVERHEAD
     parts["runtime"] = RUNTIME_OVERHEAD
-    disk = int(info.params * (1 - sparsity) * b) + info.other_bytes + 2 * 1024**2  # + card, plot, report
+    saved = DTYPE_BYTES.get(save_dtype or dtype, b)  # written in the save dtype, not the compute dtype
+    disk = int(info.params * (1 - sparsity) * saved) + info.other_bytes + 2 * 1024**2  # + card, plot, report
     return Estimate(memory, disk, parts)
 
 
@@ -296,7 +297,7 @@ def prune_hint(method: str, dtype: str) -> str:
 
 def check_prune(model_path: str, output: str | os.PathLike, *, method: str, sparsity: float, dtype: str,
                 calib_samples: int, seq_len: int, batch_size: int, device: str,
-                method_options: dict | None = None) -> Estimate | None:
+                method_options: dict | None = None, save_dtype: str | None = None) -> Estimate | None:
     """The pre-flight check of ``shear-hub prune``; returns the estimate (None when skipped or unknown)."""
     if skipped():
         return None
@@ -304,7 +305,7 @@ def check_prune(model_path: str, output: str | os.PathLike, *, method: str, spar
     if info is None:
         return None
     est = estimate_prune(info, method=method, sparsity=sparsity, dtype=dtype, calib_samples=calib_samples,
-                         seq_len=seq_len, batch_size=batch_size, method_options=method_options)
+                         seq_len=seq_len, batch_size=batch_size, method_options=method_options, save_dtype=save_dtype)
     if device.startswith("cuda"):  # weights are read into RAM before they move to the GPU
         free = available_memory()
         if free is not None and info.params * DTYPE_BYTES.get(dtype, 4) + RUNTIME_OVERHEAD > free:

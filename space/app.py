@@ -274,7 +274,14 @@ def quality_markdown(report: dict[str, Any] | None, base: LoadedModel, pruned: L
         where = f" ({ppl.get('data', '?')}, seq {ppl.get('seq_len', '?')})"
         base_ppl = ev.get("base_perplexity")
         rows.append(("Perplexity" + where, f"{base_ppl:.2f} → {ppl['value']:.2f}" if base_ppl else f"{ppl['value']:.2f}"))
+    held = ev.get("heldout_perplexity") or {}
+    if isinstance(held, dict) and held.get("value") is not None:  # measured by prune on unused calibration text
+        where = f" (held-out calibration text, seq {held.get('seq_len', '?')})"
+        rows.append(("Perplexity" + where, f"{held['base']:.2f} → {held['value']:.2f}" if held.get("base")
+                     else f"{held['value']:.2f}"))
     for key, val in ev.items():  # zero-shot or other scalar metrics added by eval
+        if key == "heldout_perplexity":
+            continue
         if key not in ("perplexity", "base_perplexity") and isinstance(val, (int, float)):
             rows.append((key.replace("_", " "), f"{val:.4g}"))
         elif isinstance(val, dict) and key not in ("perplexity",):

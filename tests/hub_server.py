@@ -1,6 +1,6 @@
 """A small Hugging Face Hub-compatible HTTP server for offline tests.
 
-    python tests/hub_server.py --port PORT --root DIR [--token T ...] [--upload-delay S] [--port-file F]
+    python tests/hub_server.py --port PORT --root DIR [--token T ...] [--upload-delay S] [--port-file F] [--xet]
 
 It implements the endpoints that huggingface_hub's own client calls (read from the installed client code):
 
@@ -13,7 +13,10 @@ It implements the endpoints that huggingface_hub's own client calls (read from t
     GET  /api/{type}s/{id}/refs, /commits/{rev}         list_repo_refs / list_repo_commits
     POST /api/{type}s/{id}/branch/{branch}              create_branch
     POST /api/{type}s/{id}/preupload/{rev}              upload mode per file (regular / lfs) and remote oid
-    POST /{prefix}{id}.git/info/lfs/objects/batch       Git LFS batch API, "basic" transfer only
+    POST /{prefix}{id}.git/info/lfs/objects/batch       Git LFS batch API, "basic" transfer only; with --xet it
+                                                        answers "transfer": "xet" when the client offers xet
+    GET  /api/{type}s/{id}/xet-write-token/{rev}        logged to xet_requests.log, then refused: this server
+                                                        has no Xet storage (404; 501 with --xet)
     POST /api/{type}s/{id}/commit/{rev}[?create_pr=1]   ndjson commit, atomic, optional pull request refs/pr/N
     HEAD/GET /{prefix}{id}/resolve/{rev}/{path}         downloads: X-Repo-Commit, ETag; LFS files answer 302 to a
                                                         second "CDN" port with X-Linked-Etag / X-Linked-Size
@@ -163,10 +166,12 @@ def file_entry(store: Store, data: bytes | None, *, sha256: str | None = None, s
 
 
 class Hub:
-    def __init__(self, root: Path, tokens: list[str], upload_delay: float):
+    def __init__(self, root: Path, tokens: list[str], upload_delay: float, xet: bool = False):
         self.store = Store(root)
+        self.root = root
         self.tokens = set(tokens)
         self.upload_delay = upload_delay
+        self.xet = xet  # advertise Xet in the LFS batch answer (the storage itself is not implemented)
         self.secret = secrets.token_bytes(32)
         self.api_base = ""  # set once the ports are known
         self.cdn_base = ""
@@ -404,6 +409,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.preupload(meta, rest[1])
         if kind == "commit" and len(rest) == 2 and method == "POST":
             return self.commit(repo_type, repo_id, rest[1])
+        if kind.startswith("xet-") and kind.endswith("-token"):
+            with hub.store.lock, (hub.root / "xet_requests.log").open("a") as log:
+                log.write(f"{method} {urlsplit(self.path).path}\n")
+            raise HubError(501 if hub.xet else 404, "this test server has no Xet storage")
         raise HubError(404, f"no route for {method} {urlsplit(self.path).path}")
 
     def repo_info(self, repo_type: str, repo_id: str, meta: dict, revision: str) -> None:
@@ -531,6 +540,10 @@ class Handler(BaseHTTPRequestHandler):
         transfers = body.get("transfers") or ["basic"]
         if "basic" not in transfers:
             raise HubError(422, "only the basic LFS transfer is supported by this server")
+        if self.hub.xet and operation == "upload" and "xet" in transfers:
+            objects = [{"oid": o["oid"], "size": int(o["size"])} for o in body.get("objects", [])]
+            return self.send_json({"transfer": "xet", "objects": objects, "hash_algo": "sha256"},
+                                  content_type="application/vnd.git-lfs+json")
         out, expires = [], str(int(time.time()) + 3600)
         for obj in body.get("objects", []):
             oid, size = obj["oid"], int(obj["size"])
@@ -692,9 +705,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def serve(port: int, root: Path, tokens: list[str], upload_delay: float = 0.0, cdn_port: int = 0,
-          host: str = "127.0.0.1", verbose: bool = False):
+          host: str = "127.0.0.1", verbose: bool = False, xet: bool = False):
     """Start the API server and its "CDN" twin in threads; returns (api_server, cdn_server)."""
-    hub = Hub(root, tokens, upload_delay)
+    hub = Hub(root, tokens, upload_delay, xet)
     handler = type("BoundHandler", (Handler,), {"hub": hub, "verbose": verbose})
     api = ThreadingHTTPServer((host, port), handler)
     cdn = ThreadingHTTPServer((host, cdn_port), handler)
@@ -716,8 +729,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upload-delay", type=float, default=0.0, help="seconds to sleep per 64 KiB of LFS upload")
     p.add_argument("--port-file", type=Path, help="write the API port here once listening (for port 0)")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--xet", action="store_true", help="answer LFS batch requests that offer xet with \"transfer\": "
+                   "\"xet\", like the Hub (uploads then fail: there is no Xet storage here)")
     args = p.parse_args(argv)
-    api, _cdn = serve(args.port, args.root, args.token, args.upload_delay, args.cdn_port, args.host, args.verbose)
+    api, _cdn = serve(args.port, args.root, args.token, args.upload_delay, args.cdn_port, args.host, args.verbose,
+                      args.xet)
     port = api.server_address[1]
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")

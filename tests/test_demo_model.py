@@ -45,6 +45,10 @@ def test_readme_main_job_prunes_smollm2_and_result_generates(tmp_path):
     report = json.loads((out / "pruning_report.json").read_text())
     assert abs(report["achieved_sparsity"] - 0.2) <= 0.01
     assert report["params_before"] == 134515008
+    # the README's first command is the plain default: LLM Surgeon, uniform layout, heads and MLP channels
+    assert argv[:5] == ["shear-hub", "prune", "smollm2", "--output", str(out)] and len(argv) == 5
+    assert (report["method"], report["layout"], report["structures"]) == ("surgeon", "uniform", ["heads", "mlp"])
+    assert done.stdout.count("structures: heads,mlp ") == 1
     remote = report["layout"] == "per-layer"  # per-layer ships its modeling code; uniform is a stock config
     code = (
         "import json, sys, torch\n"

@@ -1,8 +1,9 @@
 """`shear-hub push` against tests/hub_server.py: the real huggingface_hub client over HTTP, no monkeypatching.
 
-Every push and download runs in a subprocess with HF_ENDPOINT pointing at the server, a fresh HF_HOME and
-HF_HUB_DISABLE_XET=1 (this huggingface_hub decides Xet vs. LFS on the client side; the test server speaks the
-LFS "basic" transfer). Remote state is checked against the server's own storage, independently of the client.
+Every push and download runs in a subprocess with HF_ENDPOINT pointing at the server and a fresh HF_HOME, with
+hf_xet installed and no HF_HUB_DISABLE_XET: push asks the server whether it stores large files in Xet (the LFS batch
+answer), and this server speaks the LFS "basic" transfer only (test_hub_push_xet.py covers a server that offers Xet).
+Remote state is checked against the server's own storage, independently of the client.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def hub(tmp_path_factory):
 
 def client_env(server: Server, home: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=server.url, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
+    env.update(HF_ENDPOINT=server.url, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1",
                HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(ROOT), TRANSFORMERS_VERBOSITY="error")
     env.update(extra)
     return env

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_parser(subparsers) -> None:
@@ -16,23 +17,33 @@ def add_parser(subparsers) -> None:
                               "that --sparsity of the parameters go; write a smaller model folder.")
     p.add_argument("model", metavar="MODEL", help="Hub id, local folder, .gguf file, or 'smollm2' (built-in demo)")
     p.add_argument("--output", "-o", required=True, help="folder to write (must not exist unless --overwrite)")
-    p.add_argument("--method", default="wanda", choices=sorted(METHODS), help="pruning criterion (default: wanda)")
+    p.add_argument("--method", default="surgeon", choices=sorted(METHODS),
+                   help="pruning criterion (default: surgeon, the LLM Surgeon)")
     p.add_argument("--sparsity", type=float, default=0.2, help="fraction of all parameters to remove (default 0.2)")
     p.add_argument("--layout", default="uniform", choices=["uniform", "per-layer"],
-                   help="uniform: stock config, loads anywhere; per-layer: each layer its own widths")
-    p.add_argument("--structures", default=",".join(DEFAULT_STRUCTURES), help=f"comma list of {','.join(KINDS)}")
+                   help="uniform (default): stock config, loads anywhere; per-layer: each layer its own widths "
+                   "(needs its shipped modeling code)")
+    p.add_argument("--structures", default=None,
+                   help=f"comma list of {','.join(KINDS)} (default: {','.join(DEFAULT_STRUCTURES)}, less what the "
+                   "layout cannot hold for the architecture, e.g. mlp for OPT in the uniform layout)")
     p.add_argument("--calib", default=None, help="calibration text: .txt/.jsonl/.parquet or Hub dataset name[:config[:split]] (default: built-in)")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration windows (default 32)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="float32", help="compute dtype: float32 (default), bfloat16 or float16")
+    # Validated by the API (one "what; how to fix" line), not argparse choices, so aliases work as for --dtype.
+    p.add_argument("--save-dtype", default="auto", metavar="{auto,float32,bfloat16,float16}",
+                   help="dtype of the saved weights (default auto: the base checkpoint's, bf16 in -> bf16 out; "
+                   "bfloat16 for .gguf inputs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting (repeatable), e.g. --option shots=4; see the method's config")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip the perplexity before / after on a held-out slice of the calibration text (seconds)")
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -52,16 +63,20 @@ def parse_options(pairs: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..pruning import prune
+    from ..summary import prune_summary
 
     result = prune(
         args.model, args.output, method=args.method, sparsity=args.sparsity, layout=args.layout,
         structures=args.structures, calib=args.calib, calib_samples=args.calib_samples, seq_len=args.seq_len,
-        device=args.device, dtype=args.dtype, seed=args.seed, overwrite=args.overwrite,
+        device=args.device, dtype=args.dtype, save_dtype=args.save_dtype, seed=args.seed, overwrite=args.overwrite,
         method_options=parse_options(args.option), trust_remote_code=args.trust_remote_code,
-        batch_size=args.batch_size, progress=not args.no_progress,
+        batch_size=args.batch_size, progress=not args.no_progress, evaluate=not args.no_eval,
+        library_bars=getattr(args, "debug", False) or os.environ.get("SHEAR_HUB_DEBUG") == "1",
     )
     print(f"pruned {result.params_before:,} -> {result.params_after:,} parameters "
           f"({result.achieved_sparsity:.2%} removed, target {args.sparsity:.0%}) -> {result.output}")
+    for line in prune_summary(result.report, args.output, base=args.model):
+        print(line)
     if "warning" in result.report:
         print(f"warning: {result.report['warning']}")
     return 0

@@ -37,9 +37,12 @@ def count_params(model) -> int:
 def evaluate(model_dir: str, *, data: str | None = None, seq_len: int = 512, windows: int | None = 48,
              tasks: list[str] | None = None, task_limit: int | None = None, speed: bool = True,
              speed_settings: dict | None = None, device: str = "cpu", dtype: str = "float32",
-             trust_remote_code: bool = False, batch_size: int = 4, notes: list[str] | None = None) -> dict:
+             trust_remote_code: bool = False, batch_size: int = 4, notes: list[str] | None = None,
+             domains: bool = False) -> dict:
     """Perplexity, parameters, file size, generation speed and (optionally) zero-shot tasks of one model.
 
+    ``domains`` adds the cross-domain protocol (``shear_hub.evaluation.domains``: perplexity with the same windows on
+    each shipped domain text and their geometric mean) as ``result["domains"]``.
     ``notes`` collects messages meant for the user (a skipped zero-shot run) without failing the evaluation.
     """
     from ..loading import load_model
@@ -63,6 +66,12 @@ def evaluate(model_dir: str, *, data: str | None = None, seq_len: int = 512, win
     used = len(sequential_windows(tokenize_text(tokenizer, text), windows, seq_len))  # fewer when the text is short
     result["perplexity"] = {"data": data_label(data), "seq_len": seq_len, "windows": used, "value": round(ppl, 4)}
     result["timings_s"]["perplexity"] = time.perf_counter() - t
+    if domains:
+        from .domains import domain_perplexity
+
+        t = time.perf_counter()
+        result["domains"] = domain_perplexity(model, tokenizer, seq_len=seq_len, windows=windows, batch_size=batch_size)
+        result["timings_s"]["domains"] = time.perf_counter() - t
     if speed:
         t = time.perf_counter()
         result["speed"] = _speed(model, tokenizer, device, {**DEFAULT_SPEED, **(speed_settings or {})})
@@ -113,8 +122,12 @@ def record_evaluation(model_dir: str | os.PathLike, result: dict, base: dict | N
         evaluation["speed"] = speed
     if "zero_shot" in result and "tasks" in result["zero_shot"]:
         evaluation["zero_shot"] = result["zero_shot"]
+    if "domains" in result:
+        evaluation["domains"] = result["domains"]
     if base:
         evaluation["base_perplexity"] = base["perplexity"]["value"]
+        if "domains" in base:
+            evaluation["base_domains"] = base["domains"]
         if "zero_shot" in base and "tasks" in base["zero_shot"]:
             evaluation["base_zero_shot"] = base["zero_shot"]
     report["evaluation"] = evaluation

@@ -69,7 +69,8 @@ METHOD_NAMES = {"llm-surgeon": "LLM Surgeon", "lorashear": "LoRAShear", "wanda":
                 "llm-pruner": "LLM-Pruner"}
 STRUCTURE_NAMES = {"heads": "attention heads (query heads with their KV groups)", "qheads": "query heads",
                    "mlp": "MLP channels", "hidden": "hidden (embedding) channels", "layers": "whole decoder layers",
-                   "attn": "attention blocks", "attn_blocks": "attention blocks", "mlp_blocks": "MLP blocks"}
+                   "attn": "attention blocks", "attn-blocks": "whole attention blocks", "mlp-blocks": "whole MLP blocks",
+                   "attn_blocks": "whole attention blocks", "mlp_blocks": "whole MLP blocks"}
 
 
 def method_key(method: str | None) -> str | None:
@@ -177,6 +178,7 @@ def _evaluation(report: dict) -> tuple[list[dict], list[tuple[str, str]], list]:
         results.append(EvalResult(task_type="text-generation", task_name="Text Generation", dataset_type=data,
                                   dataset_name=data, metric_type="perplexity", metric_value=round(float(ppl["value"]), 4),
                                   metric_name="Perplexity" + (f" ({setting})" if setting else "")))
+    quality += _heldout_rows(ev.get("heldout_perplexity"))
     zero_shot = ev.get("zero_shot") or ev.get("zeroshot")
     if isinstance(zero_shot, dict):
         tasks = zero_shot.get("tasks", zero_shot)
@@ -204,13 +206,82 @@ def _evaluation(report: dict) -> tuple[list[dict], list[tuple[str, str]], list]:
                 quality.append({"metric": f"{k.replace('_', ' ')} ({better} is better)", "value": f"{v:g}",
                                 "base": f"{b:g}", "change": f"{100 * (v / b - 1):+.1f}%"})
                 paired.update({f"speed.{k}", f"speed.base_{k}"})
-    skip = {"perplexity", "base_perplexity", "zero_shot", "zeroshot", "base_zero_shot"}
+    quality += _domain_rows(ev.get("domains"), ev.get("base_domains"))
+    skip = {"perplexity", "base_perplexity", "zero_shot", "zeroshot", "base_zero_shot", "domains", "base_domains",
+            "heldout_perplexity"}
     other = [(k, f"{v:g}") for key in ev if key not in skip for k, v in _numeric_rows(key, ev[key]) if k not in paired]
     return quality, other, results
 
 
+def _heldout_rows(held) -> list[dict]:
+    """The row `shear-hub prune` measures itself: dense vs pruned perplexity on windows of the calibration text that
+    no calibration window overlaps (not a separate dataset, so it stays out of the Hub's model-index)."""
+    if not isinstance(held, dict) or not isinstance(held.get("value"), (int, float)):
+        return []
+    value, base = held["value"], held.get("base")
+    have_base = isinstance(base, (int, float)) and not isinstance(base, bool) and base
+    setting = ", ".join(f"{k} {held[k]}" for k in ("seq_len", "windows") if k in held)
+    what = held.get("what") or "held-out slice of the calibration text"
+    data = f"{held['data']}, " if held.get("data") else ""
+    when = f"measured by prune, {held['stage']}" if held.get("stage") else "measured by prune"
+    return [{"metric": f"perplexity on a {what} ({data}{setting}; {when}) (lower is better)",
+             "value": f"{value:.2f}", "base": f"{base:.2f}" if have_base else "not measured",
+             "change": f"{100 * (value / base - 1):+.1f}%" if have_base else ""}]
+
+
+def _domain_rows(domains, base_domains) -> list[dict]:
+    """Quality rows of the cross-domain protocol (`shear-hub eval --domains`): each domain text and the geometric mean."""
+    if not isinstance(domains, dict) or not isinstance(domains.get("texts"), dict):
+        return []
+    base = base_domains if isinstance(base_domains, dict) else {}
+    base_texts = base.get("texts") if isinstance(base.get("texts"), dict) else {}
+    setting = f"seq_len {domains.get('seq_len')}"
+    entries = [(f"perplexity on {name} ({e.get('data', name)}, {setting}, windows {e.get('windows')})", e.get("value"),
+                (base_texts.get(name) or {}).get("value")) for name, e in domains["texts"].items() if isinstance(e, dict)]
+    entries.append((f"perplexity, geometric mean of {len(domains['texts'])} domains", domains.get("geometric_mean"),
+                     base.get("geometric_mean")))
+    rows = []
+    for metric, value, b in entries:
+        if not isinstance(value, (int, float)):
+            continue
+        have_base = isinstance(b, (int, float)) and b
+        rows.append({"metric": f"{metric} (lower is better)", "value": f"{value:.2f}",
+                     "base": f"{b:.2f}" if have_base else "not measured",
+                     "change": f"{100 * (value / b - 1):+.1f}%" if have_base else ""})
+    return rows
+
+
+def _speed_context(report: dict) -> dict:
+    """The card speaks of speed only when `shear-hub eval` measured it (numbers in the report's evaluation)."""
+    ev = report.get("evaluation") if isinstance(report.get("evaluation"), dict) else {}
+    speed = ev.get("speed") if isinstance(ev.get("speed"), dict) else {}
+    measured = any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in speed.values())
+    settings = speed.get("settings") if isinstance(speed.get("settings"), dict) else {}
+    return {"speed_measured": measured, "speed_device": str(settings["device"]) if settings.get("device") else None}
+
+
 def _weights_bytes(model_dir: Path) -> int:
     return sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+
+
+def _size_context(report: dict, weights: int, params_ratio: float | None) -> dict:
+    """Weights on disk, base and pruned: the sizes prune recorded (each in its own dtype) or, for reports without
+    them, the base estimated from the parameter ratio at the pruned folder's dtype."""
+    before, after = report.get("weights_bytes_before"), weights or report.get("weights_bytes_after")
+    recorded = isinstance(before, int) and not isinstance(before, bool) and before > 0
+    after = after if isinstance(after, int) and not isinstance(after, bool) and after > 0 else None
+    if recorded:
+        base = _fmt_bytes(before)
+    else:
+        base = _fmt_bytes(after * params_ratio) if after and params_ratio else "n/a"
+    return {
+        "weights_size": _fmt_bytes(after) if after else "n/a",
+        "base_size_estimate": base,
+        "base_size_recorded": recorded,
+        "base_dtype": report.get("base_dtype") if recorded else None,
+        "save_dtype": report.get("save_dtype"),
+        "size_change": f"{100 * (after / before - 1):+.1f}%" if recorded and after else None,
+    }
 
 
 def _layer_table(report: dict) -> list[dict]:
@@ -277,8 +348,7 @@ def card_context(model_dir: Path, report: dict, repo_id: str | None = None) -> t
         "achieved_sparsity": report.get("achieved_sparsity"),
         "params_before": _fmt_int(p_before), "params_after": _fmt_int(p_after),
         "param_reduction": f"{100 * (1 - p_after / p_before):.1f}%" if have_params else "n/a",
-        "weights_size": _fmt_bytes(weights) if weights else "n/a",
-        "base_size_estimate": _fmt_bytes(weights * p_before / p_after) if weights and have_params and p_after else "n/a",
+        **_size_context(report, weights, p_before / p_after if have_params and p_after else None),
         "arch_before": report.get("architecture_before") or "n/a",
         "arch_after": report.get("architecture_after") or "n/a",
         "hidden_before": (report.get("dims_before") or {}).get("hidden_size"),
@@ -294,6 +364,7 @@ def card_context(model_dir: Path, report: dict, repo_id: str | None = None) -> t
         "citations": [CITATIONS[key]] if key in CITATIONS else [],
         "recovery_lora": bool(recovery),
         "tested_transformers": ((report.get("transformers") or {}).get("shipped_code_tested") or None),
+        **_speed_context(report),
     }
     # LoRAShear's recovery stage is cited whenever LoRA recovery was run, whatever the pruning method.
     if recovery and key != "lorashear" and "lora" in json.dumps(recovery).lower():

@@ -138,6 +138,36 @@ def verify_remote(api, folder: Path, repo_id: str, *, repo_type: str, revision: 
     return len(local)
 
 
+def server_offers_xet(repo_id: str, *, repo_type: str, revision: str, endpoint: str, token: str | None,
+                      sample: LocalFile) -> bool:
+    """Ask the server, not the client, whether large files go to Xet storage.
+
+    huggingface_hub >= 1 uploads through Xet whenever ``hf_xet`` is installed, which fails on a Hub-compatible
+    server without Xet storage. The Git LFS batch API lets the client list the transfers it speaks and the server
+    name the one it picked: offered ``basic``/``multipart``/``xet``, the Hub answers ``xet``; a server without Xet
+    answers ``basic`` (or ignores the unknown name). The probe sends one small local file's oid, which uploads
+    nothing. An error answer counts as "no Xet": the LFS upload that follows reports the real problem.
+    """
+    from urllib.parse import quote
+
+    from huggingface_hub.lfs import UploadInfo, post_lfs_batch_info
+
+    try:
+        answer = post_lfs_batch_info(upload_infos=[UploadInfo.from_bytes(sample.abspath.read_bytes())], token=token,
+                                     repo_type=repo_type, repo_id=repo_id, revision=quote(revision, safe=""),
+                                     endpoint=endpoint, transfers=["basic", "multipart", "xet"])
+    except Exception:  # noqa: BLE001 - any failed probe means: do not pick Xet
+        return False
+    return isinstance(answer, tuple) and len(answer) >= 3 and answer[2] == "xet"
+
+
+def _client_wants_xet(constants) -> bool:
+    """What huggingface_hub would do on its own: Xet when hf_xet is importable and HF_HUB_DISABLE_XET is unset."""
+    import importlib.util
+
+    return not getattr(constants, "HF_HUB_DISABLE_XET", False) and importlib.util.find_spec("hf_xet") is not None
+
+
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -203,13 +233,26 @@ def push_folder(
     operations: list = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.abspath)) for f in files]
     operations += [CommitOperationDelete(path_in_repo=p) for p in sorted(remote_paths - local_paths - {".gitattributes"})]
     message = commit_message or f"Upload {folder.name} with shear-hub"
+    # Xet only when the server says it stores large files there; otherwise the LFS protocol, whatever is installed.
+    use_xet = _client_wants_xet(constants) and server_offers_xet(
+        repo_id, repo_type=repo_type, revision=base, endpoint=endpoint, token=token,
+        sample=min(files, key=lambda f: f.size))
+    disabled = constants.HF_HUB_DISABLE_XET
     try:
+        constants.HF_HUB_DISABLE_XET = disabled or not use_xet  # read by huggingface_hub at upload time
         info = api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type,
                                  revision=base, create_pr=create_pr)
     except transport_errors as err:
+        if use_xet and not isinstance(err, HfHubHTTPError):
+            raise ShearHubError(
+                f"upload to {repo_id} failed in the Xet storage that {endpoint} offered ({type(err).__name__}); "
+                "re-run the push (it resumes), or set HF_HUB_DISABLE_XET=1 to upload through Git LFS"
+            ) from None
         raise _http_error(err, f"upload to {repo_id} failed", endpoint) from None
     except ValueError as err:  # e.g. README.md metadata rejected by the Hub, or a malformed server answer
         raise ShearHubError(f"upload to {repo_id} failed: {str(err).splitlines()[0]}; fix the folder and re-run") from None
+    finally:
+        constants.HF_HUB_DISABLE_XET = disabled
 
     try:
         verify_remote(api, folder, repo_id, repo_type=repo_type, revision=info.oid, files=files)

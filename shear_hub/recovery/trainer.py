@@ -247,6 +247,10 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
         recovery["perplexity_after"] = None if ppl_after is None else round(ppl_after, 4)
     report = dict(report)
     report["recovery"] = recovery
+    held = (report.get("evaluation") or {}).get("heldout_perplexity")
+    if isinstance(held, dict) and "stage" not in held:  # prune's numbers describe the model before this training
+        report["evaluation"] = {**report["evaluation"],
+                                "heldout_perplexity": {**held, "stage": "after pruning, before recovery"}}
     if ppl_after is not None:
         evaluation = dict(report.get("evaluation") or {})
         evaluation["perplexity"] = {"data": data_label(cfg.eval_data), "seq_len": cfg.eval_seq_len,

@@ -7,11 +7,10 @@ exactly zero); core surgery slices them away; ``after_surgery`` runs stage 4 on 
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from ...errors import ShearHubError
+from ...progress import write
 from ...structures.graph import HEADS, MLP, QHEADS, Group
 from ..base import PruneContext, PruningMethod
 from .config import LoRAShearConfig
@@ -50,7 +49,7 @@ class LoRAShearMethod(PruningMethod):
         self._recovery_data: dict | None = None
 
     def _log(self, ctx: PruneContext):
-        return (lambda msg: print(msg, file=sys.stderr, flush=True)) if ctx.progress else None
+        return write if ctx.progress else None  # stderr lines that do not tear prune's open stage bar
 
     def check(self, ctx: PruneContext) -> None:
         bad = [k for k in ctx.kinds if k not in SUPPORTED_KINDS]

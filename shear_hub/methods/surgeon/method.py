@@ -24,6 +24,7 @@ import torch
 
 from ...allocation import allocate
 from ...errors import ShearHubError
+from ...progress import bar as progress_bar
 from ...structures.adapters.base import ATTN_ROLES, DOWN, EMBED, LM_HEAD, MLP_ROLES, O
 from ...structures.graph import ATTN_BLOCKS, HEADS, HIDDEN, LAYERS, MLP, MLP_BLOCKS, QHEADS, WHOLE, Group, zero_groups
 from ..base import PruneContext, PruningMethod
@@ -62,6 +63,7 @@ class SurgeonMethod(PruningMethod):
         self.shot_log: list[dict] = []
         self.needed: set[str] | None = None  # structured mode: only matrices that carry a cost or an update
         self.peak_factor_bytes = 0
+        self._bar = None  # the open stage bar that matrix loops advance (_each)
         if ctx.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True  # factor accumulation: TF32 is ample for curvature
 
@@ -84,6 +86,19 @@ class SurgeonMethod(PruningMethod):
             n = max(1, int(0.5 * free // max(max(per_layer), 1)))
         return [list(range(s, min(s + n, self.n_layers))) for s in range(0, self.n_layers, n)]
 
+    def _stage(self, what: str, total: int, unit: str):
+        """A bar for one stage of a shot (curvature and costs, updates), below prune's select bar; vanishes when done."""
+        shot = f"surgeon shot {len(self.shot_log) + 1}/{self.config.shots}" if self.config.shots > 1 else "surgeon"
+        self._bar = progress_bar(f"{shot}: {what}", total, enabled=self.ctx.progress, leave=False, unit=unit)
+        return self._bar
+
+    def _each(self, names: list[str]):
+        """``names``, advancing the open stage bar after each matrix is done (updates can take minutes per layer)."""
+        for name in names:
+            yield name
+            if self._bar is not None:
+                self._bar.update(1)
+
     def _names(self, layers: list[int]) -> list[str]:
         keep = set(layers)
         return [n for n in self.linears if self.layer_of[n] in keep and (self.needed is None or n in self.needed)]
@@ -96,26 +111,30 @@ class SurgeonMethod(PruningMethod):
         gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + len(self.shot_log))
         model = ctx.model
         t0 = time.perf_counter()
+        n_matrices = len(self._names(list(range(self.n_layers))))
         if cfg.curvature == "layerwise":
             runner = LayerwiseRunner(model, self.decoder_layers, self._batches(), self.compute_device)
-            for i in range(self.n_layers):
-                names = self._names([i])
-                A = runner.collect_A(i, {n: self.linears[n] for n in names}, advance=True)
-                f = Factors(A=A, tokens=runner.tokens)
-                if i == 0 and self.extras:
-                    f.token_freq = self._token_freq()
-                self.peak_factor_bytes = max(self.peak_factor_bytes, f.nbytes())
-                score(names, f)
+            with self._stage("curvature and costs", self.n_layers, "layer") as bar:
+                for i in range(self.n_layers):
+                    names = self._names([i])
+                    A = runner.collect_A(i, {n: self.linears[n] for n in names}, advance=True)
+                    f = Factors(A=A, tokens=runner.tokens)
+                    if i == 0 and self.extras:
+                        f.token_freq = self._token_freq()
+                    self.peak_factor_bytes = max(self.peak_factor_bytes, f.nbytes())
+                    score(names, f)
+                    bar.update(1)
             t1 = time.perf_counter()
             decide()
             if before_updates is not None:
                 before_updates()
             runner = LayerwiseRunner(model, self.decoder_layers, self._batches(), self.compute_device)
-            for i in range(self.n_layers):
-                names = self._names([i])
-                A = runner.collect_A(i, {n: self.linears[n] for n in names}, advance=False)
-                self._apply(update(names, Factors(A=A, tokens=runner.tokens)))
-                runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
+            with self._stage("weight updates", n_matrices, "matrix"):
+                for i in range(self.n_layers):
+                    names = self._names([i])
+                    A = runner.collect_A(i, {n: self.linears[n] for n in names}, advance=False)
+                    self._apply(update(names, Factors(A=A, tokens=runner.tokens)))
+                    runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
         else:
             def collect(k: int, layers: list[int], names: list[str]) -> Factors:
                 return collect_kfac(model, self._batches(), {n: self.linears[n] for n in names},
@@ -124,26 +143,30 @@ class SurgeonMethod(PruningMethod):
                                     head=model.get_output_embeddings(), vocab=ctx.graph.dims.vocab_size, generator=gen)
 
             kept = None
-            for k, layers in enumerate(chunks):
-                names = self._names(layers)
-                f = collect(k, layers, names)
-                self.peak_factor_bytes = max(self.peak_factor_bytes, f.nbytes())
-                score(names, f)
-                kept = f if len(chunks) == 1 else None
-                if kept is None:
-                    del f
+            with self._stage("curvature and costs", len(chunks), "pass") as bar:
+                for k, layers in enumerate(chunks):
+                    names = self._names(layers)
+                    f = collect(k, layers, names)
+                    self.peak_factor_bytes = max(self.peak_factor_bytes, f.nbytes())
+                    score(names, f)
+                    kept = f if len(chunks) == 1 else None
+                    if kept is None:
+                        del f
+                    bar.update(1)
             t1 = time.perf_counter()
             decide()
             pending: dict[str, torch.Tensor] = {}
-            for k, layers in enumerate(chunks):
-                names = self._names(layers)
-                f = kept
-                if f is None:  # weights are only written after all chunks, so every pass sees the same model
-                    f = collect(k, layers, names)
-                new = update(names, f)
-                pending.update({n: w.cpu() if len(chunks) > 1 else w for n, w in new.items()})
-                del f
+            with self._stage("weight updates", n_matrices, "matrix"):
+                for k, layers in enumerate(chunks):
+                    names = self._names(layers)
+                    f = kept
+                    if f is None:  # weights are only written after all chunks, so every pass sees the same model
+                        f = collect(k, layers, names)
+                    new = update(names, f)
+                    pending.update({n: w.cpu() if len(chunks) > 1 else w for n, w in new.items()})
+                    del f
             kept = None
+            self._bar = None
             self._apply(pending)
         self.shot_log.append({"curvature_and_costs_s": round(t1 - t0, 2),
                               "updates_s": round(time.perf_counter() - t1, 2), "passes": len(chunks)})
@@ -309,8 +332,10 @@ class SurgeonMethod(PruningMethod):
                     cols[s.param].update(s.index)
         out: dict[str, torch.Tensor] = {}
         if not self.config.update:
+            if self._bar is not None:
+                self._bar.update(len(names))
             return out
-        for name in names:
+        for name in self._each(names):
             if name not in rows and name not in cols:
                 continue
             m = self._matrix(name, f, dead)
@@ -383,7 +408,7 @@ class SurgeonMethod(PruningMethod):
 
             def update(names, f):
                 out = {}
-                for name in names:
+                for name in self._each(names):  # minutes per matrix on CPU for large models: one tick each
                     dev = f.A[name].device
                     W = self.params[name].detach().to(dev, torch.float32)
                     Ai = obs.damped_inverse(f.A[name], cfg.damp_a)

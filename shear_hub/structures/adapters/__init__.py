@@ -21,10 +21,15 @@ def supported_model_types() -> list[str]:
     return sorted(mt for mt in ADAPTERS if not mt.startswith("shear_"))
 
 
-def get_adapter(model) -> DecoderAdapter:
-    model_type = getattr(model.config, "model_type", None)
+def check_model_type(model_type: str | None) -> None:
+    """Refuse an architecture no adapter knows (callable from config.json alone, before any model work)."""
     if model_type not in ADAPTERS:
         raise ShearHubError(
             f"architecture {model_type!r} is not supported; supported: {', '.join(supported_model_types())}"
         )
+
+
+def get_adapter(model) -> DecoderAdapter:
+    model_type = getattr(model.config, "model_type", None)
+    check_model_type(model_type)
     return ADAPTERS[model_type](model)

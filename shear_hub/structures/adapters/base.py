@@ -46,7 +46,6 @@ class DecoderAdapter:
     attn_fixed_modules: tuple[str, ...] = ()  # per-layer params owned by attention but not sliced (q_norm...)
     global_roles = {"model.embed_tokens.weight": EMBED, "model.norm.weight": NORM, "lm_head.weight": LM_HEAD}
     norm_eps_field = "rms_norm_eps"
-    hidden_exact = True  # RMSNorm: hidden-channel removal is exact with the eps/weight rescale
     supported_kinds = (HEADS, QHEADS, MLP, HIDDEN, LAYERS, ATTN_BLOCKS, MLP_BLOCKS)
     per_layer_model_type: str = ""  # e.g. "shear_llama"
     unsupported_reasons: dict[str, str] = {}  # kind -> why this family cannot remove it (shown in the error)
@@ -154,8 +153,19 @@ class DecoderAdapter:
             return H
         return _numel(shape)
 
-    # ----- groups ------------------------------------------------------------------------------------------
-    def build_graph(self, kinds: list[str]) -> StructureGraph:
+    # ----- layouts -----------------------------------------------------------------------------------------
+    def uniform_refusals(self) -> dict[str, str]:
+        """kind -> why the uniform layout (a stock config) cannot hold it; decided by the config alone."""
+        why = "attn-blocks / mlp-blocks give layers different shapes, which a stock (uniform) config cannot hold"
+        return {ATTN_BLOCKS: why, MLP_BLOCKS: why}
+
+    def layout_kinds(self, layout: str) -> tuple[str, ...]:
+        """The structure kinds this model can remove and ``layout`` can hold."""
+        refused = self.uniform_refusals() if layout == "uniform" else {}
+        return tuple(k for k in self.supported_kinds if k not in refused)
+
+    def check_kinds(self, kinds: list[str], layout: str) -> None:
+        """Refuse, before any calibration or scoring, kinds this model or this layout cannot take."""
         unsupported = [k for k in kinds if k not in self.supported_kinds]
         if unsupported:
             why = self.unsupported_reasons.get(unsupported[0])
@@ -163,6 +173,17 @@ class DecoderAdapter:
                 f"structure kind {unsupported[0]!r} is not supported for {self.config.model_type}"
                 f"{f' ({why})' if why else ''}; use --structures from {','.join(self.supported_kinds)}"
             )
+        if layout == "uniform":
+            refused = [k for k in kinds if k in self.uniform_refusals()]
+            if refused:
+                raise ShearHubError(
+                    f"{self.uniform_refusals()[refused[0]]}; use --layout per-layer, or --structures from "
+                    f"{','.join(self.layout_kinds('uniform'))}"
+                )
+
+    # ----- groups ------------------------------------------------------------------------------------------
+    def build_graph(self, kinds: list[str]) -> StructureGraph:
+        self.check_kinds(kinds, "per-layer")
         dims = self.dims()
         groups: list[Group] = []
         for kind in kinds:

@@ -29,7 +29,6 @@ class OPTAdapter(DecoderAdapter):
     }
     global_roles = {f"{_PREFIX}.embed_tokens.weight": EMBED, "lm_head.weight": LM_HEAD}
     norm_eps_field = ""
-    hidden_exact = False
     supported_kinds = (HEADS, QHEADS, MLP, LAYERS, ATTN_BLOCKS, MLP_BLOCKS)
     unsupported_reasons = {
         HIDDEN: "OPT's LayerNorm subtracts the mean over all hidden channels, so removing one is never exact"
@@ -46,6 +45,11 @@ class OPTAdapter(DecoderAdapter):
                 LAYERS: "post-LayerNorm OPT normalizes the residual stream inside every layer, so a layer cannot "
                         "be dropped exactly; attn-blocks and mlp-blocks can",
             }
+
+    def uniform_refusals(self) -> dict[str, str]:
+        why = ("a stock OPT config derives head size from hidden_size / num_attention_heads, so it cannot hold "
+               "pruned heads")
+        return {**super().uniform_refusals(), HEADS: why, QHEADS: why}
 
     def extra_global_role(self, name: str) -> ParamRole | None:
         m = re.match(rf"{re.escape(_PREFIX)}\.(final_layer_norm|embed_positions|project_in|project_out)\.(weight|bias)$", name)
