@@ -58,6 +58,15 @@ def weights_bytes(model_dir: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
 
 
+def format_bytes(n: float) -> str:
+    """Decimal units, as the Hub shows file sizes: 269.0 MB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def read_report(model_dir: str | os.PathLike) -> dict:
     path = Path(model_dir) / REPORT_NAME
     return json.loads(path.read_text()) if path.is_file() else {}

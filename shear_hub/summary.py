@@ -8,6 +8,8 @@ perplexity on a separate text with its own protocol and writes ``evaluation["per
 
 from __future__ import annotations
 
+from .report import format_bytes
+
 HELDOUT_KEY = "heldout_perplexity"
 HELDOUT_WHAT = "held-out slice of the calibration text"
 
@@ -23,14 +25,6 @@ def heldout_record(data: str, windows: int, seq_len: int, before: float | None, 
                    "note": "windows overlap none of the calibration windows; a different text and protocol than "
                            "`shear-hub eval` perplexity"})
     return record
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _change(before, after) -> str:
@@ -52,7 +46,7 @@ def prune_summary(report: dict, output: str, base: str | None = None) -> list[st
     if isinstance(w0, int) and isinstance(w1, int) and w0 > 0 and w1 > 0:
         d0, d1 = report.get("base_dtype"), report.get("save_dtype")
         label = "weights on disk" + (f" ({d0} -> {d1})" if d0 and d1 and d0 != d1 else f" ({d1})" if d1 else "")
-        rows.append((label, _size(w0), _size(w1), _change(w0, w1)))
+        rows.append((label, format_bytes(w0), format_bytes(w1), _change(w0, w1)))
     held = (report.get("evaluation") or {}).get(HELDOUT_KEY)
     footnote = None
     if isinstance(held, dict) and isinstance(held.get("value"), (int, float)) and isinstance(held.get("base"), (int, float)):

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 import shear_hub.pruning as pruning
 from shear_hub.errors import ShearHubError
-from shear_hub.hub.card import _fmt_bytes
+from shear_hub.report import format_bytes as _fmt_bytes
 from shear_hub.loading import ModelSource
 from shear_hub.save_dtype import base_dtype, resolve_save_dtype
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import ShearHubError
+from ..report import format_bytes
 
 REPORT_NAME = "pruning_report.json"
 PLOT_NAME = "width_per_layer.png"
@@ -133,14 +134,6 @@ def _datasets(report: dict) -> list[str]:
 
 def _fmt_int(n) -> str:
     return f"{int(n):,}" if isinstance(n, (int, float)) else "n/a"
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _numeric_rows(prefix: str, value) -> list[tuple[str, float]]:
@@ -271,11 +264,11 @@ def _size_context(report: dict, weights: int, params_ratio: float | None) -> dic
     recorded = isinstance(before, int) and not isinstance(before, bool) and before > 0
     after = after if isinstance(after, int) and not isinstance(after, bool) and after > 0 else None
     if recorded:
-        base = _fmt_bytes(before)
+        base = format_bytes(before)
     else:
-        base = _fmt_bytes(after * params_ratio) if after and params_ratio else "n/a"
+        base = format_bytes(after * params_ratio) if after and params_ratio else "n/a"
     return {
-        "weights_size": _fmt_bytes(after) if after else "n/a",
+        "weights_size": format_bytes(after) if after else "n/a",
         "base_size_estimate": base,
         "base_size_recorded": recorded,
         "base_dtype": report.get("base_dtype") if recorded else None,
