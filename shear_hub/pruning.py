@@ -188,7 +188,8 @@ def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: 
         "removed_groups": _count_kinds(removed),
         "calibration": None if calibration is None else {
             "spec": calib or BUILTIN_CALIB, "samples": calib_samples, "seq_len": seq_len, "seed": seed,
-            "datasets": [] if calib in (None, BUILTIN_CALIB) or Path(str(calib)).exists() else [str(calib).split(":")[0]],
+            "datasets": [] if calib in (None, "", "builtin") or str(calib).startswith("builtin:")
+            or Path(str(calib)).exists() else [str(calib).split(":")[0]],
         },
         "evaluation": evaluation,
         "recovery": None,

@@ -61,7 +61,7 @@ def format_pair(tokenizer, question: str, answer: str) -> str:
 
 def instruct_source(tokenizer, seq_len: int, eval_windows: int) -> tuple[TokenSource, int]:
     """(source, number of pairs): pairs split 90/10 into the training stream and the held-out windows."""
-    pairs = faq_pairs(builtin_calibration_text())
+    pairs = faq_pairs(builtin_calibration_text("builtin:pydocs"))  # the FAQ entries live in the pydocs text
     split = max(1, int(len(pairs) * 0.9))
     train_text = "\n".join(format_pair(tokenizer, q, a) for q, a in pairs[:split])
     eval_text = "\n".join(format_pair(tokenizer, q, a) for q, a in pairs[split:])
