@@ -11,6 +11,8 @@ import pytest
 
 from model_factory import save_tiny_model_folder, tiny_llama
 
+from shear_hub.data import BUILTIN_CALIB
+
 PROTOCOL_TOKENS = 48 * 512  # the protocol's default windows x seq_len
 
 
@@ -109,7 +111,7 @@ def test_cli_domains_json_report_and_card(folders, capsys):
         values = [e["value"] for e in dom["texts"].values()]
         assert all(math.isfinite(v) and v > 1 for v in values) and all(e["windows"] == 2 for e in dom["texts"].values())
         assert dom["geometric_mean"] == pytest.approx(math.exp(sum(map(math.log, values)) / len(values)), rel=1e-4)
-    assert result["perplexity"]["data"] == "builtin:pydocs"  # the single-text number is still there
+    assert result["perplexity"]["data"] == BUILTIN_CALIB  # the single-text number is still there
 
     report = json.loads((folder / "pruning_report.json").read_text())
     assert report["evaluation"]["domains"] == result["domains"]
