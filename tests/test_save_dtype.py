@@ -129,3 +129,25 @@ def test_gguf_is_saved_as_bfloat16():
     with pytest.raises(ShearHubError, match="float16 cannot hold"):
         resolve_save_dtype("float16", base_dtype(source), "float32")
     assert resolve_save_dtype("auto", None, "fp32") == "float32"  # unknown base: the compute dtype, as before
+
+
+def test_recover_keeps_the_pruned_folders_dtype(bf16_folder, tmp_path):
+    """bf16 in -> bf16 out through the whole pipeline: recover (computing in float32) saves the merged model in the
+    dtype of the folder it was given."""
+    from safetensors import safe_open
+
+    from shear_hub.pruning import prune
+    from shear_hub.recovery import RecoveryConfig, recover
+
+    pruned = tmp_path / "pruned"
+    prune(str(bf16_folder), pruned, method="magnitude", sparsity=0.3, structures="mlp", progress=False,
+          evaluate=False, seq_len=16)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["the quick brown fox jumps over the lazy dog"] * 200))
+    out = tmp_path / "recovered"
+    recover(str(pruned), out, RecoveryConfig(steps=2, batch_size=2, seq_len=16, data=str(text), save_every=0,
+                                             eval_data=None))
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert _weights_bytes(out) == _weights_bytes(pruned)

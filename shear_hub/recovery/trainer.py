@@ -18,6 +18,7 @@ from ..errors import ShearHubError
 from ..io import atomic_output_dir, check_output_dir, clean_stale_temporaries
 from ..loading import load_model, resolve_source
 from ..report import command_line, read_report, write_report
+from ..save_dtype import base_dtype
 from .checkpoint import Checkpoint, checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RecoveryConfig
 from .losses import mixed_loss
@@ -260,7 +261,7 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
     if accelerator.is_main_process:
         t = time.perf_counter()
         if cfg.merge:
-            _save_merged(peft_model, tokenizer, out, report, overwrite)
+            _save_merged(peft_model, tokenizer, out, report, overwrite, base_dtype(source) or cfg.dtype)
         else:
             _save_adapter(peft_model, tokenizer, out, report, overwrite, source)
         recovery["timings_s"]["save"] = round(time.perf_counter() - t, 2)
@@ -270,10 +271,14 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
     return RecoveryResult(out, report, resumed_from)
 
 
-def _save_merged(peft_model, tokenizer, out: Path, report: dict, overwrite: bool) -> None:
+def _save_merged(peft_model, tokenizer, out: Path, report: dict, overwrite: bool, save_dtype: str) -> None:
+    """The merged model in ``save_dtype``: the input folder's own dtype, so a bf16 pruned model stays bf16."""
     from ..export import save_model_folder
+    from ..loading import parse_dtype
+    from ..save_dtype import cast_weights
 
     merged = peft_model.merge_and_unload()
+    cast_weights(merged, parse_dtype(save_dtype))
     # The config must not remember the input folder as its name (it is the output now).
     merged.config.name_or_path = out.name
     save_model_folder(merged, tokenizer, out, report, overwrite=overwrite)
