@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
+from .modeling import from_pretrained
 from .modeling import register_auto_classes as _register
+
+__all__ = ["from_pretrained"]
 
 _register()

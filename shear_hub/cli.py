@@ -52,6 +52,17 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)  # also when already imported (their handlers stay)
 
 
+def _low_memory_options() -> str:
+    """The end of the out-of-memory hint: --dtype, and each registered method's ``low_memory_option``."""
+    try:
+        from .methods import METHODS
+
+        options = [f"{cls.low_memory_option} ({name})" for name, cls in METHODS.items() if cls.low_memory_option]
+    except Exception:  # no method hints rather than a second error while reporting the first
+        options = []
+    return ", --dtype bfloat16, or " + " or ".join(options) if options else " or --dtype bfloat16"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("SHEAR_HUB_DEBUG") == "1"
@@ -71,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         if debug:
             raise
-        print("shear-hub: error: out of memory; use a smaller --calib-samples/--seq-len, --dtype bfloat16, "
-              "or --option curvature=layerwise (surgeon)", file=sys.stderr)
+        print(f"shear-hub: error: out of memory; use a smaller --calib-samples/--seq-len{_low_memory_options()}",
+              file=sys.stderr)
         return 3
     except Exception as exc:  # last resort: still one line, traceback with --debug
         if debug:

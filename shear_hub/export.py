@@ -12,10 +12,11 @@ from .report import weights_bytes, write_report
 
 
 def save_model_folder(model, tokenizer, output: str | Path, report: dict, *, overwrite: bool = False,
-                      extra_files: dict[str, Path] | None = None) -> Path:
-    """Save into a temporary sibling and rename into ``output`` when everything (card included) is written."""
+                      extra_files: dict[str, Path] | None = None, max_shard_size: int | str | None = None) -> Path:
+    """Save into a temporary sibling and rename into ``output`` when everything (card included) is written.
+    ``max_shard_size``: shard the weights (a model dispatched under --max-memory is written shard by shard)."""
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
-        write_model_files(model, tokenizer, tmp)
+        write_model_files(model, tokenizer, tmp, max_shard_size=max_shard_size)
         _record_saved_weights(report, model, tmp)
         for name, src in (extra_files or {}).items():
             shutil.copy2(src, tmp / name)
@@ -24,11 +25,11 @@ def save_model_folder(model, tokenizer, output: str | Path, report: dict, *, ove
     return Path(output)
 
 
-def write_model_files(model, tokenizer, folder: Path) -> None:
+def write_model_files(model, tokenizer, folder: Path, max_shard_size: int | str | None = None) -> None:
     """Weights (safetensors only), config (+ modeling code for per-layer models), generation config, tokenizer."""
     from .modeling import MODELING_FILES
 
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **({} if max_shard_size is None else {"max_shard_size": max_shard_size}))
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     if getattr(model.config, "auto_map", None):

@@ -103,6 +103,8 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", trust_
     import shear_hub  # noqa: F401  registers the per-layer architectures with the Auto classes
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .modeling import causal_lm_class_for
+
     source = resolve_source(spec)
     torch_dtype = parse_dtype(dtype)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -113,7 +115,8 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", trust_
     else:
         kwargs["use_safetensors"] = True
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype, **kwargs)
+        model_class = AutoModelForCausalLM if source.gguf_file else causal_lm_class_for(source.path)
+        model = model_class.from_pretrained(source.path, dtype=torch_dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
     except ShearHubError:
         raise

@@ -15,6 +15,10 @@ from .evaluation.report import data_label
 from .export import save_model_folder
 from .io import check_output_dir, clean_stale_temporaries
 from .loading import load_model, parse_dtype, resolve_source
+from .memory_plan import check_method as check_capped_method
+from .memory_plan import main_device as capped_device
+from .memory_plan import parse_max_memory
+from .offload import CappedRun, load_tokenizer
 from .methods import METHODS, PruneContext, PruningMethod, get_method
 from .progress import hub_download_progress, quiet_library_bars, stage
 from .report import command_line, transformers_record
@@ -82,7 +86,8 @@ def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: 
           overwrite: bool = False,
           method_options: dict | None = None, trust_remote_code: bool = False, batch_size: int = 4,
           progress: bool = True, command: str | None = None, return_model: bool = False, evaluate: bool = True,
-          eval_windows: int = 8, eval_seq_len: int = 256, library_bars: bool = False) -> PruneResult:
+          eval_windows: int = 8, eval_seq_len: int = 256, library_bars: bool = False,
+          max_memory: str | dict | None = None) -> PruneResult:
     """Prune ``model`` so that ``sparsity`` of its parameters are removed, and write the smaller model to ``output``.
 
     ``dtype`` is the compute dtype; the folder is saved in ``save_dtype`` ("auto": the base checkpoint's dtype).
@@ -90,8 +95,14 @@ def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: 
     ``evaluate``: perplexity of the dense and the pruned model on ``eval_windows`` windows of ``eval_seq_len`` tokens
     of the calibration text that overlap no calibration window (report["evaluation"]["heldout_perplexity"]). Those
     windows are cut out of the text the method sees whether or not they are measured, so ``evaluate`` never changes
-    the pruned model."""
+    the pruned model.
+    ``max_memory``: accelerate's per-device cap for the weights (``"cpu=2GiB"``, ``{"cpu": 2**31}``); what does not
+    fit is offloaded to disk and streamed (shear_hub/offload.py; methods with ``weight_importance``, memory_plan.py)."""
     kinds = validate(method, sparsity, layout, structures, calib_samples, seq_len, dtype, save_dtype)
+    cap = parse_max_memory(max_memory)
+    if cap is not None:  # refusals that need no model: a method that cannot stream, a GPU the cap does not name
+        check_capped_method(method, method_options)
+        device = capped_device(cap, device)
     source = resolve_source(model)
     _check_architecture(source)
     # From the headers, before any model work: a save dtype the base cannot round-trip fails here.
@@ -101,15 +112,23 @@ def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: 
     clean_stale_temporaries(output)
     pruner = get_method(method, method_options)
     # Fail in seconds, not after loading, when memory or disk cannot hold the job (estimate from the headers).
-    check_prune(source.weights_path, output, method=method,
-                sparsity=sparsity, dtype=dtype, calib_samples=calib_samples, seq_len=seq_len, batch_size=batch_size,
-                device=device, method_options=pruner.config_dict(), save_dtype=save)
+    capped = None if cap is None else CappedRun(cap, output, dtype, trust_remote_code)
+    if capped is not None:  # the cap replaces the RAM estimate: the header plan must fit one unit in it
+        capped.check(source.weights_path, model, sparsity)
+    else:
+        check_prune(source.weights_path, output, method=method,
+                    sparsity=sparsity, dtype=dtype, calib_samples=calib_samples, seq_len=seq_len,
+                    batch_size=batch_size, device=device, method_options=pruner.config_dict(), save_dtype=save)
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
 
     with stage("load model", enabled=progress, timings=timings, key="load"), \
             hub_download_progress(progress and source.hub_id == source.path and not library_bars):
-        dense, tokenizer, source = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        if capped is not None:
+            dense = capped.load(source.path, model)
+            tokenizer = load_tokenizer(source, trust_remote_code)
+        else:
+            dense, tokenizer, source = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if base is None:  # a Hub model neither cached nor described by the Hub's metadata: its files are cached now
         base = base_dtype(source)
         save = resolve_save_dtype(save_dtype, base, dtype)
@@ -147,10 +166,11 @@ def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: 
     ctx = PruneContext(dense, tokenizer, graph, calibration, params_before, target, layout, kinds, device=device,
                        seed=seed, batch_size=batch_size, progress=progress, calibration_tokens=calibration_tokens)
     with stage(f"select ({method})", enabled=progress, timings=timings, key="select"):
-        removed = pruner.select(ctx)
+        removed = pruner.select(ctx) if capped is None else capped.select(pruner, ctx)
 
     with stage("surgery", enabled=progress, timings=timings, key="surgery"):
-        pruned, new_dims = build_pruned_model(graph, removed, layout)
+        pruned, new_dims = (build_pruned_model(graph, removed, layout) if capped is None
+                            else capped.build_pruned(graph, removed, layout))
     if type(pruner).after_surgery is not PruningMethod.after_surgery:  # e.g. recovery inside the method
         with stage(f"after surgery ({method})", enabled=progress, timings=timings, key="after_surgery"):
             pruner.after_surgery(pruned, ctx)
@@ -173,6 +193,9 @@ def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: 
         "base_model": source.hub_id or str(source.spec),
         "base_model_license": source.license,
         "method": method,
+        # what the method declares for the card, so `shear-hub card` renders it where the method is not registered
+        "method_display_name": getattr(pruner, "display_name", method),
+        "method_citation": list(pruner.citation) if getattr(pruner, "citation", None) else None,
         "method_config": pruner.config_dict(),
         "method_report": ctx.report,
         "layout": layout,
@@ -202,14 +225,20 @@ def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: 
         "timings_s": timings,
         "transformers": transformers_record(layout),
     }
+    if capped is not None:
+        report["max_memory"] = capped.record()
     if abs(achieved - sparsity) > 0.01:
         report["warning"] = (f"achieved sparsity {achieved:.4f} is more than 1% away from the target {sparsity}: "
                              "the chosen structures are too coarse; add finer kinds (e.g. mlp)")
     with stage("save", enabled=progress, timings=timings, key="save"):
-        cast_weights(pruned, parse_dtype(save))
-        save_model_folder(pruned, tokenizer, output, report, overwrite=overwrite)
+        (cast_weights if capped is None else capped.cast)(pruned, parse_dtype(save))
+        save_model_folder(pruned, tokenizer, output, report, overwrite=overwrite,
+                          **({} if capped is None else {"max_shard_size": capped.max_shard_size}))
         if return_model:  # hand back the saved values in the compute dtype, as loading the folder would
-            cast_weights(pruned, parse_dtype(dtype))
+            (cast_weights if capped is None else capped.cast)(pruned, parse_dtype(dtype))
+    if capped is not None:
+        capped.keep_alive(pruned if return_model else None)
+        capped.close()
     held = evaluation.get(HELDOUT_KEY) or {}  # the rounded numbers the report and the card show
     return PruneResult(Path(output), params_before, params_after, achieved, report, pruned if return_model else None,
                        held.get("base"), held.get("value"))

@@ -5,9 +5,10 @@ The estimate is read from the weights' headers (safetensors / GGUF), never by lo
     memory = (dense weights + max(pruned copy, method state + activations)) x 1.2 + runtime overhead
     disk   = pruned weights + the input's non-weight files (tokenizer, config)
 
-Method state: gradients for taylor / surgeon / lorashear (one more copy of the weights), K-FAC factors for surgeon
-(``in^2 + out^2`` floats per projection of the largest layer: the method accumulates layers in passes that fit),
-and for ``recover`` the teacher, LoRA adapters with their Adam moments, and activations kept for backward.
+Method state: what the method's ``memory_estimate`` hook declares (shear_hub/methods/base.py; by default gradients,
+one more copy of the weights, for a method that back-propagates, and activations for one that calibrates; e.g.
+K-FAC factors for the LLM Surgeon), and for ``recover`` the teacher, LoRA adapters with their Adam moments, and
+activations kept for backward.
 
 Overrides: ``SHEAR_HUB_SKIP_RESOURCE_CHECK=1`` skips the check; ``SHEAR_HUB_MEMORY_LIMIT_BYTES`` /
 ``SHEAR_HUB_GPU_MEMORY_LIMIT_BYTES`` / ``SHEAR_HUB_DISK_LIMIT_BYTES`` replace what is measured (tests, or to
@@ -29,8 +30,6 @@ GIB = 1024**3
 RUNTIME_OVERHEAD = 600 * 1024**2  # python + torch + transformers, measured ~0.5 GiB RSS before any model
 SAFETY = 1.2
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
-# Methods that back-propagate: gradients as large as the weights.
-GRADIENT_METHODS = {"taylor", "surgeon", "lorashear"}
 _LINEAR_SUFFIXES = ("proj.weight", "fc1.weight", "fc2.weight", "dense.weight", "qkv_proj.weight", "gate_up_proj.weight")
 
 
@@ -148,13 +147,30 @@ def _activation_bytes(info: WeightsInfo, batch: int, seq_len: int, backward: boo
     return logits + attn + (per_layer * layers if backward else per_layer)
 
 
-def _kfac_bytes(info: WeightsInfo, layerwise: bool) -> int:
-    """K-FAC factors (float32) of the largest decoder layer; layerwise keeps only A (input side)."""
-    if not info.layer_linears:
-        return 0
-    per_layer = [sum(i * i + (0 if layerwise else o * o) for i, o in shapes) * 4
-                 for shapes in info.layer_linears.values()]
-    return 2 * max(per_layer)  # factors + their inverses/eigendecompositions
+@dataclass
+class MethodMemoryInputs:
+    """What a pruning method's ``memory_estimate`` hook sees: the weights' sizes from their headers and its options."""
+
+    info: WeightsInfo
+    options: dict  # the method's config as a dict (``PruningMethod.config_dict()``)
+    dtype_bytes: int  # bytes per parameter in the compute dtype
+    batch_size: int
+    calib_samples: int
+    seq_len: int
+
+    @property
+    def weights_bytes(self) -> int:
+        """One copy of the weights in the compute dtype (what gradients take)."""
+        return self.info.params * self.dtype_bytes
+
+    @property
+    def calibration_token_bytes(self) -> int:
+        return self.calib_samples * self.seq_len * 8
+
+    def activation_bytes(self, backward: bool) -> int:
+        """Activations of one calibration batch: one layer's, or every layer's when kept for ``backward``."""
+        return _activation_bytes(self.info, min(self.batch_size, self.calib_samples), self.seq_len, backward,
+                                 self.dtype_bytes)
 
 
 def estimate_prune(info: WeightsInfo, *, method: str, sparsity: float, dtype: str, calib_samples: int, seq_len: int,
@@ -162,16 +178,12 @@ def estimate_prune(info: WeightsInfo, *, method: str, sparsity: float, dtype: st
     b = DTYPE_BYTES.get(dtype, 4)
     weights = info.params * b
     parts = {"dense weights": weights, "pruned copy": int(weights * (1 - sparsity))}
-    options = method_options or {}
-    layerwise = str(options.get("curvature", "kfac")) == "layerwise"
-    backward = method in GRADIENT_METHODS and not (method == "surgeon" and layerwise)
-    if backward:
-        parts["gradients"] = weights
-    if method == "surgeon":
-        parts["curvature"] = _kfac_bytes(info, layerwise)
-    if method != "magnitude":
-        parts["activations"] = _activation_bytes(info, min(batch_size, calib_samples), seq_len, backward, b)
-        parts["calibration tokens"] = calib_samples * seq_len * 8
+    from .methods import METHODS, PruningMethod
+
+    # The method's own state (gradients, curvature, activations), declared by its class; an unregistered name
+    # gets the default of a calibrated method without gradients.
+    mem = MethodMemoryInputs(info, dict(method_options or {}), b, batch_size, calib_samples, seq_len)
+    parts.update({k: int(v) for k, v in METHODS.get(method, PruningMethod).memory_estimate(mem).items()})
     # Peak, not sum: scoring state (gradients, curvature, activations) is freed before surgery builds the copy.
     scoring = sum(v for k, v in parts.items() if k not in ("dense weights", "pruned copy"))
     memory = int((weights + max(parts["pruned copy"], scoring)) * SAFETY) + RUNTIME_OVERHEAD
@@ -288,10 +300,11 @@ def prune_hint(method: str, dtype: str) -> str:
     if dtype in ("float32", "fp32"):
         hints.append("--dtype bfloat16")
     hints.append("fewer --calib-samples / a smaller --batch-size or --seq-len")
-    if method == "surgeon":
-        hints.append("--option curvature=layerwise (one layer at a time)")
-    elif method in GRADIENT_METHODS:
-        hints.append("--method wanda or --method surgeon --option curvature=layerwise (no full backward pass)")
+    from .methods import METHODS
+
+    method_hint = METHODS[method].low_memory_hint() if method in METHODS else None
+    if method_hint:
+        hints.append(method_hint)
     return "use " + ", ".join(hints)
 
 

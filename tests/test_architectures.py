@@ -21,6 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import shear_hub
 from shear_hub.errors import ShearHubError
 from shear_hub.modeling import MODELING_FILES
 from shear_hub.pruning import prune
@@ -238,7 +239,7 @@ _REMOTE_LOAD = textwrap.dedent("""
 
 def test_per_layer_reload_through_shipped_code(models, tmp_path):
     """Per-layer folders load with trust_remote_code in a fresh interpreter that never imports shear_hub, and in
-    this process through the registered Auto classes; logits match the pruned model."""
+    this process through shear_hub.from_pretrained (no remote code); logits match the pruned model."""
     folders, expected = [], {}
     for family in FAMILIES:
         model = models[family]
@@ -252,7 +253,7 @@ def test_per_layer_reload_through_shipped_code(models, tmp_path):
         pruned.save_pretrained(folder)
         for f in MODELING_FILES:
             shutil.copy(f, folder / f.name)
-        local = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+        local = shear_hub.from_pretrained(str(folder), attn_implementation="eager").eval()
         torch.testing.assert_close(_logits(local), _logits(pruned), atol=1e-5, rtol=1e-5)
         folders.append(str(folder))
         expected[str(folder)] = (type(pruned).__name__, _logits(pruned))
@@ -334,7 +335,7 @@ def test_surgeon_end_to_end_python_api(models, family, tmp_path):
     assert abs(result.achieved_sparsity - 0.2) <= 0.01
     report = json.loads((out / "pruning_report.json").read_text())
     assert report["method"] == "surgeon" and report["architecture_before"] == type(models[family]).__name__
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    reloaded = shear_hub.from_pretrained(str(out)).eval()
     assert sum(p.numel() for p in reloaded.parameters()) == report["params_after"] < report["params_before"]
     assert torch.isfinite(_logits(reloaded)).all()
 

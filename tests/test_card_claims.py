@@ -68,3 +68,31 @@ def test_per_layer_card_snippet_loads_silently_without_shear_hub(tiny_folder, tm
     said = done.stdout + done.stderr
     for text in ("custom code", "[y/N]", "model of type", "trust_remote_code"):
         assert text not in said, said[-2000:]
+
+
+def test_per_layer_folder_plain_auto_tokenizer_and_config_are_silent(tiny_folder, tmp_path):
+    """Stock `AutoTokenizer.from_pretrained(folder)` / `AutoConfig` with no flag, shear_hub blocked, stdin closed:
+    no prompt, no model-type warning (config.json names the stock family), and the stock model class refuses the
+    ragged weights instead of loading them."""
+    from shear_hub.pruning import prune
+
+    out = tmp_path / "pl"
+    prune(str(tiny_folder), out, method="magnitude", sparsity=0.3, layout="per-layer", progress=False)
+    code = _GUARD + textwrap.dedent(f"""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained({str(out)!r})
+        config = AutoConfig.from_pretrained({str(out)!r})
+        print('LOADED', type(tokenizer).__name__, config.model_type, len(config.layer_dims))
+        try:
+            AutoModelForCausalLM.from_pretrained({str(out)!r})
+        except Exception as exc:
+            print('REFUSED', type(exc).__name__)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL,
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = done.stdout.split("REFUSED")[0] + done.stderr.split("LOAD REPORT")[0]
+    assert "LOADED" in done.stdout and " llama " in done.stdout and "REFUSED" in done.stdout
+    for text in ("custom code", "[y/N]", "model of type", "trust_remote_code"):
+        assert text not in first, first[-2000:]

@@ -383,9 +383,9 @@ from transformers import AutoModelForCausalLM
 from huggingface_hub import ModelCard
 ids = torch.arange(0, 60).reshape(2, 30) % 97
 remote = AutoModelForCausalLM.from_pretrained({repo!r}, trust_remote_code=True).eval()
-import shear_hub  # registers the per-layer classes: no remote code needed
-local = AutoModelForCausalLM.from_pretrained({str(out)!r}).eval()
-plain = AutoModelForCausalLM.from_pretrained({repo!r}).eval()
+import shear_hub  # its own per-layer classes: no remote code needed
+local = shear_hub.from_pretrained({str(out)!r}).eval()
+plain = shear_hub.from_pretrained({repo!r}).eval()
 with torch.no_grad():
     ref = local(ids).logits
     same = [torch.equal(remote(ids).logits, ref), torch.equal(plain(ids).logits, ref)]

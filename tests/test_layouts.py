@@ -97,19 +97,33 @@ def test_per_layer_loads_from_folder_alone_with_remote_code(tmp_path, drop_first
     assert not out["shear_loaded"]
 
 
-def test_per_layer_loads_without_remote_code_once_shear_hub_is_imported(tmp_path):
+def test_per_layer_loads_without_remote_code_through_shear_hub(tmp_path):
+    """config.json names the stock family (silent stock AutoConfig / AutoTokenizer), so without remote code the
+    per-layer class comes from ``shear_hub.from_pretrained``; folders written with the shear model_type (earlier
+    releases) still load through the Auto classes once shear_hub is imported."""
     pruned = _prune("per-layer", ["mlp"], lambda g: g.groups[:20])
     write_model_files(pruned, None, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "llama"
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tmp_path / "m", legacy)
+    config = json.loads((legacy / "config.json").read_text())
+    (legacy / "config.json").write_text(json.dumps({**config, "model_type": "shear_llama"}))
     code = f"""
 import json, torch, shear_hub
 from transformers import AutoModelForCausalLM
-m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'm')!r})
-print('RESULT:' + json.dumps({{"arch": type(m).__name__, "module": type(m).__module__}}))
+m = shear_hub.from_pretrained({str(tmp_path / 'm')!r})
+old = AutoModelForCausalLM.from_pretrained({str(legacy)!r})
+ids = torch.tensor([[3, 9, 27, 4]])
+with torch.no_grad():
+    same = torch.equal(m(ids).logits, old(ids).logits)
+print('RESULT:' + json.dumps({{"arch": type(m).__name__, "module": type(m).__module__,
+                               "legacy": type(old).__name__, "same": same}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.rsplit("RESULT:", 1)[1])
     assert out["arch"] == "ShearLlamaForCausalLM" and out["module"].startswith("shear_hub.")
+    assert out["legacy"] == "ShearLlamaForCausalLM" and out["same"]
 
 
 def test_per_layer_refused_without_remote_code_or_shear_hub(tmp_path):

@@ -57,7 +57,6 @@ def _logits(folder, ids):
 def test_recover_merged_and_adapter_agree(folders, tmp_path, layout):
     from peft import AutoPeftModelForCausalLM
 
-    import shear_hub  # noqa: F401  registers the per-layer classes for AutoPeftModelForCausalLM
     from shear_hub.recovery import recover
     from shear_hub.report import read_report
 
@@ -90,7 +89,9 @@ def test_recover_merged_and_adapter_agree(folders, tmp_path, layout):
     assert Path(adapter_cfg["base_model_name_or_path"]) == src.resolve()
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert not list((tmp_path / "adapter").glob("*.bin"))
-    peft_model = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "adapter")).eval()
+    # as the adapter's README says: trust_remote_code=True (a per-layer base ships its modeling code)
+    assert "trust_remote_code=True" in (tmp_path / "adapter" / "README.md").read_text()
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "adapter"), trust_remote_code=True).eval()
     ids = torch.randint(0, 150, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         via_peft = peft_model(input_ids=ids).logits

@@ -34,6 +34,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-write", action="store_true", help="do not write the numbers into the folder's report/card")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--max-memory", default=None, metavar="DEVICE=SIZE[,...]",
+                   help="cap on the weights per device, accelerate's max_memory (e.g. cpu=2GiB or "
+                   "cuda:0=70GiB,cpu=20GiB); what does not fit is offloaded to disk and streamed one module at a "
+                   "time")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,12 +53,17 @@ def run(args: argparse.Namespace) -> int:
     if min(args.prompt_len, args.new_tokens, args.speed_batch_size) < 1:
         raise ShearHubError("--prompt-len, --new-tokens and --speed-batch-size must be >= 1")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    capped = {}
+    if args.max_memory is not None:  # a malformed cap fails before anything loads
+        from ..memory_plan import parse_max_memory
+
+        capped = {"max_memory": parse_max_memory(args.max_memory)}
     notes: list[str] = []
     kwargs = dict(data=args.data, seq_len=args.seq_len, windows=args.windows, tasks=tasks, task_limit=args.task_limit,
                   speed=not args.no_speed, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                   speed_settings={"prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                                   "batch_size": args.speed_batch_size},
-                  trust_remote_code=args.trust_remote_code, domains=args.domains)
+                  trust_remote_code=args.trust_remote_code, domains=args.domains, **capped)
     result = evaluate(args.model, notes=notes, **kwargs)
     base = evaluate(args.base, notes=[], **kwargs) if args.base else None
     if base:

@@ -5,6 +5,41 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import textwrap
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """The description is wrapped as usual; the epilog (the methods' options, already laid out) keeps its lines."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _json_or_repr(value) -> str:
+    try:
+        return json.dumps(value)  # how --option KEY=VALUE reads a value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def methods_help(width: int = 100) -> str:
+    """Each registered method with its --option settings (default and help, from its config dataclass)."""
+    from ..methods import METHODS, option_help
+
+    lines = ["methods and their settings (--option KEY=VALUE):"]
+    for name, cls in METHODS.items():
+        needs = [w for w, on in (("calibration", cls.needs_calibration), ("gradients", cls.needs_gradients)) if on]
+        lines.append(f"  {name} -- {cls.display_name}; " + (f"needs {' and '.join(needs)}" if needs else "data-free")
+                     + ("; runs under --max-memory" if cls.streams_weights() else ""))
+        rows = option_help(cls)
+        if not rows:
+            lines.append("      (no settings)")
+        for key, default, text in rows:
+            lines += textwrap.wrap(f"{key}={_json_or_repr(default)}: {text}", width, initial_indent="      ",
+                                   subsequent_indent="          ")
+    return "\n".join(lines) + "\n"
 
 
 def add_parser(subparsers) -> None:
@@ -14,7 +49,8 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser("prune", help="prune a model into a smaller one",
                               description="Remove structures (heads, MLP channels, residual channels, layers) so "
-                              "that --sparsity of the parameters go; write a smaller model folder.")
+                              "that --sparsity of the parameters go; write a smaller model folder.",
+                              epilog=methods_help(), formatter_class=_HelpFormatter)
     p.add_argument("model", metavar="MODEL", help="Hub id, local folder, .gguf file, or 'smollm2' (built-in demo)")
     p.add_argument("--output", "-o", required=True, help="folder to write (must not exist unless --overwrite)")
     p.add_argument("--method", default="surgeon", choices=sorted(METHODS),
@@ -40,7 +76,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="method setting (repeatable), e.g. --option shots=4; see the method's config")
+                   help="method setting (repeatable), e.g. --option shots=4; the settings of each method are "
+                   "listed below")
+    p.add_argument("--max-memory", default=None, metavar="DEVICE=SIZE[,...]",
+                   help="cap on the weights per device, accelerate's max_memory (e.g. cpu=2GiB or "
+                   "cuda:0=70GiB,cpu=20GiB); what does not fit is offloaded to disk and streamed one module at a "
+                   "time (methods that score weight by weight: see 'runs under --max-memory' below)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--no-eval", action="store_true",
                    help="skip the perplexity before / after on a held-out slice of the calibration text (seconds)")
@@ -72,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         method_options=parse_options(args.option), trust_remote_code=args.trust_remote_code,
         batch_size=args.batch_size, progress=not args.no_progress, evaluate=not args.no_eval,
         library_bars=getattr(args, "debug", False) or os.environ.get("SHEAR_HUB_DEBUG") == "1",
+        **({"max_memory": args.max_memory} if args.max_memory is not None else {}),
     )
     print(f"pruned {result.params_before:,} -> {result.params_after:,} parameters "
           f"({result.achieved_sparsity:.2%} removed, target {args.sparsity:.0%}) -> {result.output}")

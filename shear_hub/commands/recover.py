@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
         description="Fine-tune LoRA adapters on every linear projection of MODEL (optionally distilling from the dense "
         "--teacher), merge them (default) and write a model folder of the same layout. Checkpoints every "
         "--save-every steps beside --output; re-running the same command resumes. Several processes: "
-        "`accelerate launch --num_processes N -m shear_hub recover ...`.")
+        "`accelerate launch --num_processes N -m shear_hub recover ...`; weights sharded over the GPUs (FSDP): "
+        "`accelerate launch --config_file <shear_hub/resources/accelerate/fsdp.yaml> ... --save-every 0` (README).")
     p.add_argument("model", metavar="MODEL", help="pruned shear-hub folder (or any local folder / Hub id / 'smollm2')")
     p.add_argument("--output", "-o", required=True, help="folder to write (must not exist unless --overwrite)")
     p.add_argument("--data", default=None, help="training text: .txt/.jsonl/.parquet or Hub dataset name[:config[:split]] "

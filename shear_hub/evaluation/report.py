@@ -38,11 +38,12 @@ def evaluate(model_dir: str, *, data: str | None = None, seq_len: int = 512, win
              tasks: list[str] | None = None, task_limit: int | None = None, speed: bool = True,
              speed_settings: dict | None = None, device: str = "cpu", dtype: str = "float32",
              trust_remote_code: bool = False, batch_size: int = 4, notes: list[str] | None = None,
-             domains: bool = False) -> dict:
+             domains: bool = False, max_memory: str | dict | None = None) -> dict:
     """Perplexity, parameters, file size, generation speed and (optionally) zero-shot tasks of one model.
 
     ``domains`` adds the cross-domain protocol (``shear_hub.evaluation.domains``: perplexity with the same windows on
     each shipped domain text and their geometric mean) as ``result["domains"]``.
+    ``max_memory``: accelerate's per-device cap on the weights (shear_hub/offload.py: disk offload for the rest).
     ``notes`` collects messages meant for the user (a skipped zero-shot run) without failing the evaluation.
     """
     from ..loading import load_model
@@ -52,9 +53,21 @@ def evaluate(model_dir: str, *, data: str | None = None, seq_len: int = 512, win
     if seq_len < 2 or (windows is not None and windows < 1):
         raise ShearHubError("--seq-len must be >= 2 and --windows >= 1")
     t = time.perf_counter()
-    model, tokenizer, source = load_model(model_dir, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if max_memory is not None:
+        from ..offload import evaluate_loader
+
+        model, tokenizer, source, device = evaluate_loader(model_dir, max_memory, dtype=dtype, device=device,
+                                                           trust_remote_code=trust_remote_code)
+    else:
+        model, tokenizer, source = load_model(model_dir, dtype=dtype, device=device,
+                                              trust_remote_code=trust_remote_code)
     result: dict = {"model": str(model_dir), "device": device, "dtype": dtype, "params": count_params(model),
                     "file_size_bytes": weights_bytes(source.path), "timings_s": {"load": time.perf_counter() - t}}
+    if max_memory is not None:
+        from ..offload import placement
+
+        result["max_memory"] = {"cap": max_memory if isinstance(max_memory, str) else str(max_memory),
+                                "placement": placement(model)}
     t = time.perf_counter()
     text = load_text(data)
     limit = getattr(model.config, "max_position_embeddings", None)

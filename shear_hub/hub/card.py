@@ -23,69 +23,38 @@ TEMPLATE = next((p for p in (Path(__file__).resolve().parents[2] / "model_cards"
                  if p.is_file()), Path(__file__).resolve().parents[2] / "model_cards" / "pruned_model.md")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
-CITATIONS = {
-    "llm-surgeon": (
-        "The LLM Surgeon (van der Ouderaa et al., ICLR 2024, arXiv:2312.17244)",
-        "@inproceedings{vanderouderaa2024llmsurgeon,\n"
-        "  title     = {The {LLM} Surgeon},\n"
-        "  author    = {van der Ouderaa, Tycho F. A. and Nagel, Markus and van Baalen, Mart and Asano, Yuki M.\n"
-        "               and Blankevoort, Tijmen},\n"
-        "  booktitle = {International Conference on Learning Representations (ICLR)},\n"
-        "  year      = {2024},\n"
-        "  eprint    = {2312.17244},\n"
-        "  archivePrefix = {arXiv}\n"
-        "}",
-    ),
-    "lorashear": (
-        "LoRAShear (Chen et al., 2023, arXiv:2310.18356)",
-        "@article{chen2023lorashear,\n"
-        "  title   = {{LoRAShear}: Efficient Large Language Model Structured Pruning and Knowledge Recovery},\n"
-        "  author  = {Chen, Tianyi and Ding, Tianyu and Yadav, Badal and Zharkov, Ilya and Liang, Luming},\n"
-        "  journal = {arXiv preprint arXiv:2310.18356},\n"
-        "  year    = {2023}\n"
-        "}",
-    ),
-    "wanda": (
-        "Wanda (Sun et al., 2023, arXiv:2306.11695)",
-        "@article{sun2023wanda,\n"
-        "  title   = {A Simple and Effective Pruning Approach for Large Language Models},\n"
-        "  author  = {Sun, Mingjie and Liu, Zhuang and Bair, Anna and Kolter, J. Zico},\n"
-        "  journal = {arXiv preprint arXiv:2306.11695},\n"
-        "  year    = {2023}\n"
-        "}",
-    ),
-    "llm-pruner": (
-        "LLM-Pruner (Ma et al., 2023, arXiv:2305.11627)",
-        "@inproceedings{ma2023llmpruner,\n"
-        "  title     = {{LLM-Pruner}: On the Structural Pruning of Large Language Models},\n"
-        "  author    = {Ma, Xinyin and Fang, Gongfan and Wang, Xinchao},\n"
-        "  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},\n"
-        "  year      = {2023},\n"
-        "  eprint    = {2305.11627},\n"
-        "  archivePrefix = {arXiv}\n"
-        "}",
-    ),
-}
-METHOD_NAMES = {"llm-surgeon": "LLM Surgeon", "lorashear": "LoRAShear", "wanda": "Wanda (structured)",
-                "llm-pruner": "LLM-Pruner"}
 STRUCTURE_NAMES = {"heads": "attention heads (query heads with their KV groups)", "qheads": "query heads",
                    "mlp": "MLP channels", "hidden": "hidden (embedding) channels", "layers": "whole decoder layers",
                    "attn": "attention blocks", "attn-blocks": "whole attention blocks", "mlp-blocks": "whole MLP blocks",
                    "attn_blocks": "whole attention blocks", "mlp_blocks": "whole MLP blocks"}
 
 
-def method_key(method: str | None) -> str | None:
-    """Canonical citation key for a method name as written in reports ("llm_surgeon", "LLM-Pruner", ...)."""
-    norm = re.sub(r"[^a-z]", "", (method or "").lower())
-    if "surgeon" in norm:
-        return "llm-surgeon"
-    if "lorashear" in norm:
-        return "lorashear"
-    if "wanda" in norm:
-        return "wanda"
-    if "llmpruner" in norm or norm == "pruner" or "taylor" in norm:  # LLM-Pruner's importance is a Taylor score
-        return "llm-pruner"
-    return None
+def method_card(report: dict) -> tuple[str, list[tuple[str, str]]]:
+    """The card's name for the report's method and the citations: what the registered method declares (its
+    ``display_name`` / ``card_name`` and ``citation``, shear_hub/methods/base.py), else what prune recorded
+    ("method_display_name", "method_citation": a plug-in not imported in this process), plus the papers of methods
+    whose ``cited_for_recovery`` word appears in a recovery that was run. An unknown method keeps its reported name
+    and cites nothing."""
+    from ..methods import METHODS, reported_method
+
+    method = str(report.get("method") or "unknown")
+    cls, name = reported_method(method)
+    citations = [tuple(cls.citation)] if cls is not None and cls.citation else []
+    if cls is None:
+        recorded_name, recorded_citation = report.get("method_display_name"), report.get("method_citation")
+        if isinstance(recorded_name, str) and recorded_name.strip():
+            name = recorded_name
+        if isinstance(recorded_citation, (list, tuple)) and len(recorded_citation) == 2 \
+                and all(isinstance(c, str) for c in recorded_citation):
+            citations = [tuple(recorded_citation)]
+    recovery = report.get("recovery") if isinstance(report.get("recovery"), dict) else None
+    if recovery:
+        text = json.dumps(recovery).lower()
+        for other in METHODS.values():
+            if other is not cls and other.cited_for_recovery and other.citation and other.cited_for_recovery in text \
+                    and tuple(other.citation) not in citations:
+                citations.append(tuple(other.citation))
+    return name, citations
 
 
 def read_report(model_dir: Path) -> dict:
@@ -302,7 +271,7 @@ def card_context(model_dir: Path, report: dict, repo_id: str | None = None) -> t
     from huggingface_hub import ModelCardData
 
     method = str(report.get("method") or "unknown")
-    key = method_key(method)
+    method_name, citations = method_card(report)
     layout = report.get("layout") or "uniform"
     base_id = _hub_id(report.get("base_model"))
     quality, other_metrics, eval_results = _evaluation(report)
@@ -331,8 +300,7 @@ def card_context(model_dir: Path, report: dict, repo_id: str | None = None) -> t
         "base_model": report.get("base_model") or "unknown",
         "base_link": f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{report.get('base_model')}`",
         "method": method,
-        "method_name": "Taylor importance (LLM-Pruner criterion)" if "taylor" in method.lower()
-        else METHOD_NAMES.get(key or "", method),
+        "method_name": method_name,
         "method_config": json.dumps(report.get("method_config") or {}, indent=2, sort_keys=True),
         "layout": layout,
         "structures": [STRUCTURE_NAMES.get(s, s) for s in report.get("structures") or []],
@@ -354,15 +322,20 @@ def card_context(model_dir: Path, report: dict, repo_id: str | None = None) -> t
         "recovery": json.dumps(recovery, indent=2, sort_keys=True) if recovery else None,
         "command": sanitize_command(str(report.get("command") or "n/a")),
         "version": report.get("shear_hub_version") or "n/a",
-        "citations": [CITATIONS[key]] if key in CITATIONS else [],
+        "citations": citations,
         "recovery_lora": bool(recovery),
         "tested_transformers": ((report.get("transformers") or {}).get("shipped_code_tested") or None),
+        "stock_model_type": _config_model_type(model_dir),
         **_speed_context(report),
     }
-    # LoRAShear's recovery stage is cited whenever LoRA recovery was run, whatever the pruning method.
-    if recovery and key != "lorashear" and "lora" in json.dumps(recovery).lower():
-        ctx["citations"] = ctx["citations"] + [CITATIONS["lorashear"]]
     return data, ctx
+
+
+def _config_model_type(model_dir: str | os.PathLike) -> str | None:
+    try:
+        return json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def render_card(model_dir: str | os.PathLike, repo_id: str | None = None) -> Path:

@@ -1,16 +1,42 @@
-"""Pruning methods, one folder each (config + method), registered here by CLI name."""
+"""Pruning methods, one folder each (config + method); each registers itself with ``@register_method``.
+
+Every package in this folder is imported here (pkgutil), and so are the plug-ins installed under the
+``shear_hub.methods`` entry-point group; a method defined anywhere else is registered when its module is imported.
+The contract a method declares is described in ``base.py``.
+"""
 
 from __future__ import annotations
 
-from ..errors import ShearHubError
-from .base import PruneContext, PruningMethod, ScoringMethod
-from .lorashear import LoRAShearMethod
-from .magnitude import MagnitudeMethod
-from .surgeon import SurgeonMethod
-from .taylor import TaylorMethod
-from .wanda import WandaMethod
+import importlib
+import pkgutil
+import warnings
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (MagnitudeMethod, WandaMethod, TaylorMethod, SurgeonMethod, LoRAShearMethod)}
+from ..errors import ShearHubError
+from .base import (METHODS, Citation, PruneContext, PruningMethod, ScoringMethod, group_scores, input_norms,
+                   option_help, prunable_weights, register_method)
+
+ENTRY_POINT_GROUP = "shear_hub.methods"
+
+
+def _discover() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.ispkg:
+            importlib.import_module(f"{__name__}.{module.name}")
+    try:
+        from importlib.metadata import entry_points
+
+        plugins = entry_points(group=ENTRY_POINT_GROUP)
+    except Exception:  # broken distribution metadata never stops the built-in methods
+        return
+    for ep in plugins:
+        try:
+            ep.load()  # importing the plug-in registers its methods
+        except Exception as exc:
+            warnings.warn(f"shear-hub: pruning method plug-in {ep.name!r} ({ep.value}) failed to load: "
+                          f"{type(exc).__name__}: {exc}", stacklevel=2)
+
+
+_discover()
 
 
 def get_method(name: str, options: dict | None = None) -> PruningMethod:
@@ -30,4 +56,18 @@ def get_method(name: str, options: dict | None = None) -> PruningMethod:
     return cls(config)
 
 
-__all__ = ["METHODS", "PruneContext", "PruningMethod", "ScoringMethod", "get_method"]
+def reported_method(reported: str | None) -> tuple[type[PruningMethod] | None, str]:
+    """The registered method a report's "method" string names and the model card's name for it: its own name
+    first, else the first method (in listing order) whose ``card_name`` claims it; (None, the string) otherwise."""
+    text = str(reported or "")
+    if text in METHODS:
+        return METHODS[text], METHODS[text].card_name(text) or METHODS[text].display_name
+    for cls in METHODS.values():
+        name = cls.card_name(text)
+        if name:
+            return cls, name
+    return None, text
+
+
+__all__ = ["METHODS", "Citation", "PruneContext", "PruningMethod", "ScoringMethod", "get_method", "group_scores",
+           "input_norms", "option_help", "prunable_weights", "register_method", "reported_method"]

@@ -1,10 +1,27 @@
-"""What every pruning method sees (PruneContext) and returns (the groups to remove)."""
+"""What every pruning method sees (PruneContext) and returns (the groups to remove), and the plug-in contract.
+
+A method is one folder ``shear_hub/methods/<name>/`` (or any importable package) whose ``PruningMethod`` subclass
+declares everything core needs as class attributes and hooks, and registers itself with ``@register_method``:
+
+    name, display_name, citation        --method NAME, the model card's name for it, the paper the card cites
+    config_class                        dataclass of settings (--option KEY=VALUE), help per field in
+                                        ``dataclasses.field(metadata={"help": ...})`` (shown by ``prune --help``)
+    needs_calibration, needs_gradients  what it reads (calibration windows) and whether it back-propagates
+    memory_estimate(mem)                bytes of its scoring state, by part (the pre-flight resource check)
+    low_memory_hint()                   what to try when that check fails
+
+Core (pruning.py, resources_check.py, hub/card.py, cli.py) reads these and never a method's name. The packages in
+``shear_hub/methods/`` are discovered with pkgutil, installed plug-ins through the ``shear_hub.methods`` entry-point
+group, and any other module registers its methods when it is imported.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -12,6 +29,16 @@ from tqdm.auto import tqdm
 
 from ..allocation import allocate
 from ..structures.graph import WHOLE, Group, StructureGraph
+
+if TYPE_CHECKING:
+    from ..resources_check import MethodMemoryInputs
+
+
+class Citation(NamedTuple):
+    """A paper the model card cites for a method: a one-line reference and its BibTeX entry."""
+
+    text: str
+    bibtex: str
 
 
 @dataclass
@@ -39,11 +66,26 @@ class PruneContext:
 
 
 class PruningMethod(ABC):
-    """A method decides which groups go; it may also update the remaining weights in place (e.g. OBS)."""
+    """A method decides which groups go; it may also update the remaining weights in place (e.g. OBS).
 
-    name: ClassVar[str]
-    config_class: ClassVar[type]
-    needs_calibration: ClassVar[bool] = True
+    The class attributes below are the plug-in contract (see the module docstring); ``register_method`` checks them.
+    """
+
+    name: ClassVar[str]  # --method NAME; also the report's "method" and a card tag
+    display_name: ClassVar[str]  # what the model card calls the method
+    config_class: ClassVar[type]  # dataclass; every field has metadata={"help": ...}
+    citation: ClassVar[Citation | None] = None  # the paper the card cites; None: a baseline without a dedicated paper
+    needs_calibration: ClassVar[bool] = True  # reads calibration windows (ctx.calibration / ctx.batches)
+    needs_gradients: ClassVar[bool] = False  # back-propagates through the whole model (gradients as large as weights)
+    # options that let it run without a full backward pass (e.g. one layer at a time); the out-of-memory hints
+    # suggest them
+    low_memory_option: ClassVar[str | None] = None
+    # lowercase letters-only substrings that name this method in a report written by hand or another tool
+    # ("llm_surgeon" -> "surgeon"): the card's name and citation follow them
+    report_aliases: ClassVar[tuple[str, ...]] = ()
+    # a word of report["recovery"] that makes every card cite this method's paper too (a recovery stage it introduced)
+    cited_for_recovery: ClassVar[str | None] = None
+    list_order: ClassVar[int] = 100  # position in listings (--help, errors); built-ins: data-free first, training last
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()
@@ -58,6 +100,117 @@ class PruningMethod(ABC):
     def after_surgery(self, pruned: torch.nn.Module, ctx: PruneContext) -> None:
         """Optional stage on the physically smaller model, in place, before it is saved (e.g. LoRAShear's
         recovery); entries for the report go to ``ctx.report``. Default: nothing."""
+
+    def weight_importance(self, ctx: PruneContext, names: list[str]):
+        """Optional: a function ``(name, weight) -> importance`` (same shape as the weight) for methods whose group
+        cost is the sum of per-weight importances (``group_scores``). It is called one weight at a time, so a
+        method that defines it runs under ``--max-memory`` with the weights streamed from disk (shear_hub/offload.py);
+        forward passes it needs (activation statistics) may run before it returns. Default None: the method needs
+        the whole model resident (gradients, in-place weight updates)."""
+        return None
+
+    @classmethod
+    def streams_weights(cls) -> bool:
+        """Whether the method runs under ``--max-memory`` (it defines ``weight_importance``)."""
+        return cls.weight_importance is not PruningMethod.weight_importance
+
+    # ----- hooks core calls on the class (before any model is loaded) -------------------------------------------
+    @classmethod
+    def memory_estimate(cls, mem: MethodMemoryInputs) -> dict[str, int]:
+        """Bytes of the method's scoring state by part (names appear in the memory error), from the weights'
+        headers and the method's options. The check adds the dense weights, the pruned copy, the runtime and the
+        safety margin. Default: gradients when ``needs_gradients``, activations and the calibration tokens when
+        ``needs_calibration``."""
+        parts = {}
+        if cls.needs_gradients:
+            parts["gradients"] = mem.weights_bytes
+        if cls.needs_calibration:
+            parts["activations"] = mem.activation_bytes(backward=cls.needs_gradients)
+            parts["calibration tokens"] = mem.calibration_token_bytes
+        return parts
+
+    @classmethod
+    def low_memory_hint(cls) -> str | None:
+        """What to try, method-wise, when this method's job does not fit in memory (after the generic dtype /
+        calibration-size hints). Default: for a back-propagating method, the registered methods that need no
+        full backward pass (calibrated without gradients, or with a ``low_memory_option``)."""
+        if not cls.needs_gradients:
+            return None
+        alternatives = [f"--method {m.name}" + (f" {m.low_memory_option}" if m.low_memory_option else "")
+                        for m in METHODS.values()
+                        if m is not cls and (m.low_memory_option or (m.needs_calibration and not m.needs_gradients))]
+        return " or ".join(alternatives) + " (no full backward pass)" if alternatives else None
+
+    @classmethod
+    def card_name(cls, reported: str) -> str | None:
+        """The model card's name for this method when a report's "method" is ``reported``, None when ``reported``
+        is not this method: its own name, or a name containing one of ``report_aliases`` (letters only)."""
+        if reported == cls.name or any(alias in report_letters(reported) for alias in cls.report_aliases):
+            return cls.display_name
+        return None
+
+
+def report_letters(reported: str | None) -> str:
+    """A report's method name reduced to lowercase letters ("LLM_Surgeon" -> "llmsurgeon"), for ``report_aliases``."""
+    return re.sub(r"[^a-z]", "", (reported or "").lower())
+
+
+# ----------------------------------------------------------------- the registry ---------------------------------
+METHODS: dict[str, type[PruningMethod]] = {}  # --method NAME -> class, in listing order
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def register_method(cls: type[PruningMethod]) -> type[PruningMethod]:
+    """Class decorator: check ``cls`` against the plug-in contract and add it to ``METHODS`` under ``cls.name``.
+
+    Registering the same class again (a module imported twice) replaces it; another class under a taken name is
+    refused."""
+    if not (isinstance(cls, type) and issubclass(cls, PruningMethod)):
+        raise TypeError(f"register_method takes a PruningMethod subclass, got {cls!r}")
+    name = getattr(cls, "name", None)
+    problems = []
+    if not isinstance(name, str) or not _NAME.match(name):
+        problems.append(f"name {name!r} is not a lowercase word (letters, digits, '-', '_')")
+    if not isinstance(getattr(cls, "display_name", None), str) or not cls.display_name.strip():
+        problems.append("display_name (the model card's name for the method) is missing")
+    config_class = getattr(cls, "config_class", None)
+    if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
+        problems.append("config_class is not a dataclass")
+    else:
+        bare = [f.name for f in dataclasses.fields(config_class) if not str(f.metadata.get("help", "")).strip()]
+        if bare:
+            problems.append(f"config field(s) {', '.join(bare)} have no help "
+                            "(dataclasses.field(default=..., metadata={'help': '...'}))")
+    if cls.citation is not None and not (isinstance(cls.citation, Citation)):
+        problems.append("citation is not a shear_hub.methods.Citation(text, bibtex) or None")
+    if not all(isinstance(a, str) and a == report_letters(a) and a for a in cls.report_aliases):
+        problems.append("report_aliases must be non-empty lowercase letters-only strings")
+    if getattr(cls, "__abstractmethods__", None):
+        problems.append(f"abstract method(s) {', '.join(sorted(cls.__abstractmethods__))} are not implemented")
+    if problems:
+        raise TypeError(f"cannot register pruning method {cls.__module__}.{cls.__qualname__}: " + "; ".join(problems))
+    known = METHODS.get(name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"pruning method name {name!r} is taken by {known.__module__}.{known.__qualname__}")
+    METHODS[name] = cls
+    ordered = sorted(METHODS.items(), key=lambda item: (item[1].list_order, item[0]))
+    METHODS.clear()
+    METHODS.update(ordered)
+    return cls
+
+
+def option_help(cls: type[PruningMethod]) -> list[tuple[str, Any, str]]:
+    """(KEY, default, help) of each ``--option KEY=VALUE`` of a method, from its config dataclass."""
+    rows = []
+    for f in dataclasses.fields(cls.config_class):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        rows.append((f.name, default, str(f.metadata.get("help", "")).strip()))
+    return rows
 
 
 class ScoringMethod(PruningMethod):

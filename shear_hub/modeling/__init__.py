@@ -27,8 +27,39 @@ def per_layer_model_class_name(model_type: str) -> str:
     return PER_LAYER_CLASSES[model_type][1].__name__
 
 
+def per_layer_model_class(config_dict: dict):
+    """The causal LM class of a per-layer config.json (``layer_dims`` beside the family's or, in folders written
+    before the family's own type was used, the shear model_type); None for stock configs."""
+    if "layer_dims" not in config_dict:
+        return None
+    model_type = str(config_dict.get("model_type", ""))
+    key = model_type if model_type.startswith("shear_") else f"shear_{model_type}"
+    return PER_LAYER_CLASSES[key][1] if key in PER_LAYER_CLASSES else None
+
+
+def causal_lm_class_for(path: str, **hub_kwargs):
+    """shear_hub's per-layer class when ``path`` (folder or Hub id) holds a per-layer config.json, else
+    ``AutoModelForCausalLM``; a config.json that cannot be read also gives the Auto class (whose load then says why)."""
+    from transformers import AutoModelForCausalLM, PreTrainedConfig
+
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(path, **hub_kwargs)
+    except Exception:  # noqa: BLE001 - from_pretrained reports the real problem
+        return AutoModelForCausalLM
+    return per_layer_model_class(config_dict) or AutoModelForCausalLM
+
+
+def from_pretrained(path: str, **kwargs):
+    """Load any model shear-hub writes, per-layer folders through shear_hub's own classes (no remote code).
+
+    Per-layer config.json files name the stock family (so stock transformers reads them without prompts), which
+    means ``AutoModelForCausalLM`` alone would pick the stock class; this picks the per-layer one."""
+    return causal_lm_class_for(path).from_pretrained(path, **kwargs)
+
+
 def register_auto_classes() -> None:
-    """Let AutoConfig / AutoModelForCausalLM load per-layer folders without remote code."""
+    """Let AutoConfig / AutoModelForCausalLM load per-layer folders written with the shear model_type (earlier
+    releases) without remote code; current folders say the family's model_type and go through ``load_model``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     for model_type, (config_cls, model_cls) in PER_LAYER_CLASSES.items():

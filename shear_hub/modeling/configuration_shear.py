@@ -1,17 +1,23 @@
 """Per-layer ("shear") configurations: a base family's config plus one set of widths per decoder layer.
 
 This file is shipped inside every per-layer model folder and imports transformers only (never shear_hub), so the
-folder loads with ``trust_remote_code=True`` anywhere. ``import shear_hub`` registers the same classes with the Auto
-classes so no remote code is needed where shear_hub is installed.
+folder loads with ``trust_remote_code=True`` anywhere; where shear_hub is installed, ``shear_hub.from_pretrained`` uses
+the same classes without remote code.
+
+On disk, ``config.json`` carries the base family's own ``model_type`` (``llama``, ``qwen2``, ...) and ``layer_dims``:
+stock transformers then reads the config (and ``AutoTokenizer`` the folder) without asking to run custom code, and
+only the model, through ``auto_map`` and ``trust_remote_code=True``, uses the classes below.
 
 ``layer_dims`` holds one dict per decoder layer with ``num_attention_heads``, ``num_key_value_heads`` and
 ``intermediate_size``; 0 heads means the attention block was removed, 0 intermediate means the MLP block was removed.
-Top-level ``num_attention_heads`` etc. hold the widest layer's values (what tools that size caches read).
+Top-level ``num_attention_heads`` etc. hold the widest layer's values (what tools that size caches read); on disk the
+top-level query-head count is the largest divisor of ``hidden_size`` up to that, which stock configs require.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from huggingface_hub.dataclasses import strict as _strict
 from transformers import (
@@ -40,6 +46,29 @@ class _PerLayerConfigMixin:
             heads, kv = entry["num_attention_heads"], entry["num_key_value_heads"]
             if (heads == 0) != (kv == 0) or (kv and heads % kv):
                 raise ValueError(f"invalid head layout {heads} query / {kv} key-value heads")
+
+    @classmethod
+    def stock_model_type(cls) -> str:
+        """The base family's model_type (the first non-shear class after this mixin): what config.json says."""
+        return next(base.model_type for base in cls.__mro__[1:]
+                    if getattr(base, "model_type", "") and not base.model_type.startswith("shear_"))
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        data = json.loads(super().to_json_string(use_diff=use_diff))
+        data["model_type"] = self.stock_model_type()
+        heads, hidden = data.get("num_attention_heads"), data.get("hidden_size")
+        if isinstance(heads, int) and isinstance(hidden, int) and heads > 0 and hidden % heads:
+            # stock configs (what AutoConfig / AutoTokenizer build from this file) refuse hidden % heads != 0;
+            # the real head counts are in layer_dims and head_dim is explicit, so the top level only has to pass
+            data["num_attention_heads"] = max(d for d in range(1, heads + 1) if hidden % d == 0)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if "layer_dims" in config_dict and config_dict.get("model_type") == cls.stock_model_type():
+            config_dict = {**config_dict, "model_type": cls.model_type}  # no "model of type llama" warning
+        return config_dict, kwargs
 
     _width_aliases: dict[str, str] = {}  # per-layer field -> the family's own field name (OPT: ffn_dim)
 

@@ -4,6 +4,7 @@ dense teacher, data parallel through accelerate, checkpointed so that a killed r
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 import time
@@ -34,6 +35,44 @@ class RecoveryResult:
 def _log(accelerator, message: str) -> None:
     if accelerator.is_main_process:
         print(f"shear-hub recover: {message}", file=sys.stderr, flush=True)
+
+
+def _fsdp(accelerator) -> bool:
+    """Whether this run shards the model with FSDP (``accelerate launch --config_file <shear_hub/resources/accelerate/
+    fsdp.yaml>``). accelerate 1.x selects FSDP only for accelerator devices (its ``AcceleratorState`` leaves CPU
+    processes at MULTI_CPU); CPU processes on gloo (``--device cpu``, as in the tests) get it here, since torch's FSDP
+    itself runs on CPU."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    if state.distributed_type == DistributedType.FSDP:
+        pass
+    elif (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+          and state.distributed_type == DistributedType.MULTI_CPU):
+        state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables accelerate launch sets
+        accelerator._shear_hub_cpu_fsdp = True
+        _keep_cpu_fsdp(accelerator)
+    else:
+        return False
+    plugin = state.fsdp_plugin
+    if plugin.fsdp_version != 1:
+        raise ShearHubError("recover supports FSDP version 1 (fsdp_version: 1, as in shear_hub/resources/accelerate/"
+                            "fsdp.yaml), not FSDP2")
+    if not plugin.use_orig_params:
+        raise ShearHubError("FSDP with LoRA needs use_orig_params "
+                            "(fsdp_use_orig_params: true in the accelerate config)")
+    return True
+
+
+def _keep_cpu_fsdp(accelerator) -> None:
+    """(Re)select FSDP for CPU processes: every ``AcceleratorState()`` that accelerate builds later (e.g. for the
+    optimizer) copies MULTI_CPU and device cpu:0 back from ``PartialState``, which stays MULTI_CPU so that its
+    collectives (reduce, gather) keep working. FSDP's CPU compute device has no index: "cpu", not "cpu:0"."""
+    if getattr(accelerator, "_shear_hub_cpu_fsdp", False):
+        from accelerate.utils import DistributedType
+
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.device = torch.device("cpu")
 
 
 def lr_at(cfg: RecoveryConfig, step: int) -> float:
@@ -85,6 +124,11 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
     ckpt_dir = checkpoint_dir(out)
     accelerator = Accelerator(cpu=(device == "cpu"))
     world = accelerator.num_processes
+    fsdp = _fsdp(accelerator)
+    if fsdp and cfg.save_every:
+        raise ShearHubError("checkpoints are not supported under FSDP; add --save-every 0 (a killed run starts over)")
+    if fsdp and cfg.eval_every:
+        raise ShearHubError("--eval-every is not supported under FSDP; perplexity is measured before and after only")
     if cfg.batch_size % world:
         raise ShearHubError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes; "
                             f"use a multiple of {world}")
@@ -125,24 +169,33 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
             return None
         return perplexity(m, tokenizer, text=eval_text, seq_len=cfg.eval_seq_len, windows=cfg.eval_windows)
 
-    student.to(accelerator.device)
+    if not fsdp:
+        student.to(accelerator.device)
+    elif eval_text is not None and accelerator.is_main_process:
+        student.to(accelerator.device)  # the whole model on the main process's device for the measurement only
     ppl_before = None
     if eval_text is not None:
         t = time.perf_counter()
         ppl_before = measure(student)
+        if fsdp:
+            student.to("cpu")  # FSDP moves each rank's shard to its device when it wraps the model
         timings["eval_before"] = time.perf_counter() - t
         _log(accelerator, f"perplexity before recovery on {data_label(cfg.eval_data)}: {ppl_before:.3f}"
              if ppl_before is not None else "")
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.target_modules, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(student, lora)
+    # FSDP flattens each wrapped layer's parameters into one tensor of one dtype: LoRA stays in the model's dtype
+    peft_model = get_peft_model(student, lora, autocast_adapter_dtype=not fsdp)
     named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
     trainable = sum(p.numel() for _, p in named)
-    optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = None if fsdp else torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     fingerprint = cfg.fingerprint(str(Path(source.path).resolve()) if Path(source.path).exists() else source.path)
     start, curve, train_s, resumed_from = 0, [], 0.0, None
     ckpt = load_checkpoint(ckpt_dir) if resume else None
+    if ckpt is not None and fsdp:
+        raise ShearHubError(f"checkpoint {ckpt_dir} cannot be resumed under FSDP; resume it without FSDP, "
+                            "or add --no-resume to start over")
     if ckpt is not None:
         if ckpt.state.get("fingerprint") != fingerprint:
             raise ShearHubError(f"checkpoint {ckpt_dir} was made with other settings or another model; re-run with "
@@ -159,7 +212,13 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     peft_model.train()
-    wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
+    if fsdp:  # wrap first, then build the optimizer on each rank's shards of the LoRA parameters
+        wrapped = accelerator.prepare(peft_model)
+        optimizer = accelerator.prepare(torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad],
+                                                          lr=cfg.lr, weight_decay=cfg.weight_decay))
+        _keep_cpu_fsdp(accelerator)
+    else:
+        wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
     _log(accelerator, f"LoRA r={cfg.lora_rank} on {cfg.target_modules}: {trainable:,} trainable parameters; "
          f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens on {world} process(es), {accelerator.device}"
          + (f"; distilling from {cfg.teacher} (alpha {cfg.kd_alpha}, T {cfg.kd_temperature})" if teacher else ""))
@@ -179,6 +238,8 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
         loss, lm, kd = mixed_loss(logits, ids, teacher_logits, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
         accelerator.backward(loss)
         if cfg.max_grad_norm:
+            if fsdp:
+                _keep_cpu_fsdp(accelerator)  # FSDP's clip: the norm over all ranks' shards
             accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -216,8 +277,12 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
             accelerator.wait_for_everyone()
     timings["train"] = time.perf_counter() - t_start
 
-    peft_model = accelerator.unwrap_model(wrapped)
-    peft_model.eval()
+    if fsdp:
+        peft_model = _gather_fsdp(accelerator, wrapped, model, lora, cfg, trust_remote_code)
+    else:
+        peft_model = accelerator.unwrap_model(wrapped)
+    if peft_model is not None:
+        peft_model.eval()
     ppl_after = None
     if eval_text is not None:
         t = time.perf_counter()
@@ -235,6 +300,7 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
         "data": data_label(cfg.data),
         "trainable_params": trainable,
         "processes": world,
+        **({"sharding": "fsdp"} if fsdp else {}),
         "device": str(accelerator.device),
         "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
         "resumed_from_step": resumed_from,
@@ -271,6 +337,30 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
     return RecoveryResult(out, report, resumed_from)
 
 
+def _gather_fsdp(accelerator, wrapped, model: str, lora, cfg: RecoveryConfig, trust_remote_code: bool):
+    """The trained model in one piece on the main process (None elsewhere): every rank takes part in gathering the
+    full state dict, which the main process loads into a fresh, unsharded copy of the model with the same adapters."""
+    from peft import get_peft_model
+
+    _keep_cpu_fsdp(accelerator)
+    if accelerator.device.type != "cpu":
+        state = accelerator.get_state_dict(wrapped)  # FULL_STATE_DICT, offloaded to CPU, on rank 0 only
+    else:  # the same without offload_to_cpu, which frees the gathered tensors when they already are on the CPU
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT,
+                                  FullStateDictConfig(offload_to_cpu=False, rank0_only=True)):
+            state = wrapped.state_dict()
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+    base, _, _ = load_model(model, dtype=cfg.dtype, trust_remote_code=trust_remote_code)
+    peft_model = get_peft_model(base, lora, autocast_adapter_dtype=False)
+    peft_model.load_state_dict(state, strict=True)
+    return peft_model.to(accelerator.device)
+
+
 def _save_merged(peft_model, tokenizer, out: Path, report: dict, overwrite: bool, save_dtype: str) -> None:
     """The merged model in ``save_dtype``: the input folder's own dtype, so a bf16 pruned model stays bf16."""
     from ..export import save_model_folder
@@ -298,7 +388,7 @@ def _save_adapter(peft_model, tokenizer, out: Path, report: dict, overwrite: boo
         write_report(tmp, report)
         (tmp / "README.md").write_text(
             f"# LoRA adapter for `{base_ref}`\n\nRecovered with shear-hub (not merged). Load it with\n\n"
-            "```python\nimport shear_hub  # registers per-layer architectures (or pass trust_remote_code=True)\n"
-            "from peft import AutoPeftModelForCausalLM\n"
-            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{out.name}\")\n```\n\n"
+            "```python\nfrom peft import AutoPeftModelForCausalLM\n"
+            "# trust_remote_code=True: a per-layer base ships its modeling code (harmless for a uniform one)\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained(\"{out.name}\", trust_remote_code=True)\n```\n\n"
             "Settings and loss curve: `pruning_report.json` → `recovery`.\n", encoding="utf-8")

@@ -7,67 +7,75 @@ two GPU days, which no CPU budget can mirror, so the step counts are the setting
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...errors import ShearHubError
 
 
 
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class LoRAShearConfig:
     # ---- LoRA (stages 3 and 4); paper: LoRA on every projection of LLaMA, rank not restated here
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lr: float = 1e-3  # AdamW on the LoRA factors only; 3e-4 left the model at 31.05 after surgery, 1e-3 at 29.79
-    # ---- stage 2: knowledge distribution. gamma = fraction of the prunable parameters marked unprunable, most
-    # sensitive (layer, block) units first. Paper: an "unprunable ratio" chosen on held-out data; its value is not
+    lora_rank: int = _opt(8, "rank of the LoRA adapters trained during pruning (stage 3)")
+    lora_alpha: float = _opt(16.0, "LoRA alpha of those adapters")
+    # 3e-4 left the model at 31.05 after surgery, 1e-3 at 29.79
+    lr: float = _opt(1e-3, "AdamW learning rate on the LoRA factors only (stage 3)")
+    # ---- stage 2: knowledge distribution. Paper: an "unprunable ratio" chosen on held-out data; its value is not
     # confirmed in the sources we have, so this default is ours: on SmolLM2 at 20%, 0.3 forced 28.6% into the rest
     # (29.79 after surgery, 28.09 after recovery), 0.1 protects the units that matter most (layer 0 MLP, layer 1
     # attention, last MLP: +1.8 to +8.9 nats when removed) and gave 28.90 / 27.62 (benchmarks/README.md).
-    protected_ratio: float = 0.1
-    knowledge_samples: int = 2  # held-out calibration windows for the sensitivity test (not trained on)
-    # ---- stage 3: LHSPG. K pruning periods of `period_steps` steps after `warmup_steps` of plain LoRA training.
-    # OTO's LHSPG entry point defaults to pruning_periods=1 / pruning_steps=1 and the paper prunes progressively
-    # over several periods; ours: 4 periods x 8 steps (CPU budget).
-    periods: int = 4
-    period_steps: int = 8
-    warmup_steps: int = 4
-    # half-space threshold: a group whose trial step leaves {x : <x, x_g> >= epsilon * ||x_g||^2} is set to zero
+    protected_ratio: float = _opt(0.1, (
+        "fraction of the prunable parameters marked unprunable (stage 2, knowledge distribution), most sensitive "
+        "(layer, block) units first"))
+    knowledge_samples: int = _opt(2, "held-out calibration windows for the sensitivity test (not trained on)")
+    # ---- stage 3: LHSPG. OTO's LHSPG entry point defaults to pruning_periods=1 / pruning_steps=1 and the paper
+    # prunes progressively over several periods; ours: 4 periods x 8 steps (CPU budget).
+    periods: int = _opt(4, "LHSPG pruning periods (stage 3)")
+    period_steps: int = _opt(8, "training steps per pruning period")
+    warmup_steps: int = _opt(4, "plain LoRA training steps before the first period")
     # (OTO's lhspg default epsilon = 0.0)
-    epsilon: float = 0.0
-    # steps at the end of the warm-up / of each period whose gradients feed the next selection's saliency
-    saliency_steps: int = 4
-    # saliency = weighted sum of L2-normalised criteria (OTO mixes several with equal weights). taylor: first-order
-    # |x * dL/dx| on the effective weights x = W + BA; magnitude: ||x_g||^2 per parameter (collapses SmolLM2: a few
-    # residual dims carry massive activations); cosine: cos(W_g, (BA)_g) (the LoRA update opposing W = redundant)
-    w_taylor: float = 1.0
-    w_magnitude: float = 0.0
-    w_cosine: float = 0.0
-    # fisher: sum over calibration windows of the squared loss gradient w.r.t. a scale on the group's effective
-    # weights (one backward per window during the saliency steps). Alone (w_taylor=0) on SmolLM2 at 20% it left the
-    # held-out calibration loss 0.070 nats above dense after surgery vs Taylor's 0.027, so it is off by default
-    w_fisher: float = 0.0
-    normalize: bool = True  # rank groups by saliency per parameter (knapsack-greedy, like the other methods)
+    epsilon: float = _opt(0.0, (
+        "half-space threshold: a group whose trial step leaves {x : <x, x_g> >= epsilon * ||x_g||^2} is set "
+        "to zero"))
+    saliency_steps: int = _opt(4, (
+        "steps at the end of the warm-up / of each period whose gradients feed the next selection's saliency"))
+    # saliency = weighted sum of L2-normalised criteria (OTO mixes several with equal weights). Magnitude collapses
+    # SmolLM2: a few residual dims carry massive activations.
+    w_taylor: float = _opt(1.0, "saliency weight of first-order |x * dL/dx| on the effective weights x = W + BA")
+    w_magnitude: float = _opt(0.0, "saliency weight of ||x_g||^2 per parameter")
+    w_cosine: float = _opt(0.0, "saliency weight of cos(W_g, (BA)_g) (the LoRA update opposing W = redundant)")
+    # Alone (w_taylor=0) on SmolLM2 at 20% it left the held-out calibration loss 0.070 nats above dense after surgery
+    # vs Taylor's 0.027, so it is off by default
+    w_fisher: float = _opt(0.0, (
+        "saliency weight of the Fisher criterion: sum over calibration windows of the squared loss gradient "
+        "w.r.t. a scale on the group's effective weights (one backward per window during the saliency steps)"))
+    normalize: bool = _opt(True, (
+        "rank groups by saliency per parameter (knapsack-greedy, like the other methods)"))
     # ---- stage 4: dynamic knowledge recovery (after surgery, on the physically smaller model). The optimiser
     # settings are `shear-hub recover`'s defaults (r16, lr 1e-3, warm-up + cosine, clipping), measured best here.
-    recovery: bool = True
-    # at most this many rounds; stops early when the deviation stops improving. 10 x 10 steps: pydocs_eval 28.90
-    # after surgery -> 27.59 after 60 of these 100 steps -> 27.27 after all (benchmarks/README.md); ~12 min on 2 cores
-    recovery_rounds: int = 10
-    recovery_steps: int = 10  # LoRA steps per round
-    recovery_rank: int = 16
-    recovery_alpha: float = 32.0
-    recovery_lr: float = 1e-3
-    recovery_warmup_steps: int = 10
-    recovery_max_grad_norm: float = 1.0
-    recovery_eval_samples: int = 4  # held-out windows per data source for the deviation measurement
-    recovery_min_delta: float = 0.002  # a round improves when it lowers the worst source's loss gap this much (nats)
-    recovery_patience: int = 2  # stop after this many rounds without improvement
-    # mix over the sources = softmax(gap / temperature) (gaps are ~0.01-0.5 nats; 0.5 spread steps almost evenly and
-    # wasted half of them on the instruction source the model had already overtaken), each at least min_share
-    recovery_temperature: float = 0.05
-    recovery_min_share: float = 0.05
-    instruct_source: bool = True  # add the instruction-style source (Q/A pairs built from the pydocs text)
+    recovery: bool = _opt(True, "run stage 4, dynamic knowledge recovery, on the physically smaller model")
+    # 10 x 10 steps: pydocs_eval 28.90 after surgery -> 27.59 after 60 of these 100 steps -> 27.27 after all
+    # (benchmarks/README.md); ~12 min on 2 cores
+    recovery_rounds: int = _opt(10, "at most this many recovery rounds; stops early when the deviation stops improving")
+    recovery_steps: int = _opt(10, "LoRA steps per recovery round")
+    recovery_rank: int = _opt(16, "LoRA rank of the recovery adapters")
+    recovery_alpha: float = _opt(32.0, "LoRA alpha of the recovery adapters")
+    recovery_lr: float = _opt(1e-3, "recovery learning rate")
+    recovery_warmup_steps: int = _opt(10, "recovery learning-rate warm-up steps")
+    recovery_max_grad_norm: float = _opt(1.0, "gradient clipping norm during recovery")
+    recovery_eval_samples: int = _opt(4, "held-out windows per data source for the deviation measurement")
+    recovery_min_delta: float = _opt(0.002, (
+        "a round improves when it lowers the worst source's loss gap this much (nats)"))
+    recovery_patience: int = _opt(2, "stop after this many rounds without improvement")
+    # gaps are ~0.01-0.5 nats; 0.5 spread steps almost evenly and wasted half of them on the instruction source the
+    # model had already overtaken
+    recovery_temperature: float = _opt(0.05, "mix over the data sources = softmax(gap / temperature)")
+    recovery_min_share: float = _opt(0.05, "least share of the recovery steps each data source gets")
+    instruct_source: bool = _opt(True, "add the instruction-style source (Q/A pairs built from the pydocs text)")
 
     def __post_init__(self) -> None:
         ints = {"lora_rank": 1, "periods": 1, "period_steps": 1, "warmup_steps": 0, "saliency_steps": 1,

@@ -12,7 +12,7 @@ import torch
 from ...errors import ShearHubError
 from ...progress import write
 from ...structures.graph import HEADS, MLP, QHEADS, Group
-from ..base import PruneContext, PruningMethod
+from ..base import Citation, PruneContext, PruningMethod, register_method
 from .config import LoRAShearConfig
 from .data import TokenSource, from_windows, split_stream
 from .knowledge import knowledge_distribution, mean_loss
@@ -40,9 +40,24 @@ def endless_batches(source: TokenSource, batch_size: int, seq_len: int, seed: in
         yield source.sample(batch_size, seq_len, gen).to(device)
 
 
+@register_method
 class LoRAShearMethod(PruningMethod):
     name = "lorashear"
+    display_name = "LoRAShear"
     config_class = LoRAShearConfig
+    citation = Citation(
+        "LoRAShear (Chen et al., 2023, arXiv:2310.18356)",
+        "@article{chen2023lorashear,\n"
+        "  title   = {{LoRAShear}: Efficient Large Language Model Structured Pruning and Knowledge Recovery},\n"
+        "  author  = {Chen, Tianyi and Ding, Tianyu and Yadav, Badal and Zharkov, Ilya and Liang, Luming},\n"
+        "  journal = {arXiv preprint arXiv:2310.18356},\n"
+        "  year    = {2023}\n"
+        "}",
+    )
+    needs_gradients = True
+    report_aliases = ("lorashear",)
+    cited_for_recovery = "lora"  # its LoRA knowledge-recovery stage: cited whenever LoRA recovery was run
+    list_order = 50
 
     def __init__(self, config=None):
         super().__init__(config)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import PruneContext, ScoringMethod, group_scores, prunable_weights
+from ..base import PruneContext, ScoringMethod, group_scores, prunable_weights, register_method
 
 
 @dataclass
@@ -14,11 +14,19 @@ class MagnitudeConfig:
     pass
 
 
+@register_method
 class MagnitudeMethod(ScoringMethod):
     name = "magnitude"
+    display_name = "magnitude"  # a baseline without a paper: the card names it as the report does
+    list_order = 10
     layer_normalized = True
     config_class = MagnitudeConfig
     needs_calibration = False
 
+    def weight_importance(self, ctx: PruneContext, names: list[str]):
+        return lambda name, w: w.detach().abs()
+
     def score(self, ctx: PruneContext) -> torch.Tensor:
-        return group_scores(ctx.graph, {n: p.detach().abs() for n, p in prunable_weights(ctx).items()})
+        weights = prunable_weights(ctx)
+        importance = self.weight_importance(ctx, list(weights))
+        return group_scores(ctx.graph, {n: importance(n, p) for n, p in weights.items()})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...errors import ShearHubError
 
@@ -13,42 +13,47 @@ FISHERS = ("empirical", "sampled")
 
 @dataclass
 class SurgeonConfig:
-    # structured: remove the graph's groups (physically smaller model); unstructured / 2:4: masks + OBS updates,
-    # the saved file stays dense (same shapes, zeros inside).
-    mode: str = "structured"
-    # the target grows linearly over `shots` shots; curvature is recomputed from the updated model each shot.
+    mode: str = field(default="structured", metadata={"help": (
+        "structured: remove the graph's groups (physically smaller model); unstructured / 2:4: masks + OBS "
+        "updates, the saved file stays dense (same shapes, zeros inside)")})
     # 1 by default: on SmolLM2 at 20% four shots gave the same perplexity (31.65 vs 31.55, 16 windows) for 4x the
-    # time; the paper uses up to 40 shots on the way to 50% -- raise it for high sparsities
-    shots: int = 1
-    # kfac: F ~ G (x) A from forward+backward passes of the whole model; layerwise: G = I, A from cached inputs,
-    # one decoder layer on the device at a time (SparseGPT-style, for models larger than the GPU)
-    curvature: str = "kfac"
-    # empirical: loss on the true next tokens; sampled: labels drawn from the model's own softmax (true Fisher)
-    fisher: str = "empirical"
-    damp_g: float = 0.01  # relative damping: M + damp * mean(diag M) * I
-    damp_a: float = 0.01
-    # rank groups by cost per parameter removed (knapsack-greedy); False: raw cost (the reference sorts raw costs)
-    normalize: bool = True
-    # a group owning several rows/columns of a matrix (heads) costs the exact joint OBS cost of removing them
-    # together; False: the sum of single-row/column costs as in the paper
-    joint_cost: bool = True
-    # consumer: a head / MLP channel / block is scored and compensated at its consumer (o_proj, down_proj columns)
-    # only; sum: the sum over every matrix it touches (the paper's per-matrix rows + columns, double-counting)
-    coupling: str = "consumer"
-    # rows of G / columns of A touched together in one shot are solved jointly (correlated OBS update); False:
-    # structures are only zeroed (no weight update) -- an ablation
-    update: bool = True
-    # optional first-order low-rank update between shots (peft LoRA on all projections, merged after each shot)
-    lora_rank: int = 0
-    lora_steps: int = 20
-    lora_lr: float = 1e-4
-    # K-FAC factors of how many decoder layers are accumulated per forward/backward pass; 0 = all that fit in
-    # about half of the free device memory (more passes, bounded memory)
-    layers_per_pass: int = 0
-    # where layerwise mode runs each layer ("" = the model's device); lets a CPU-resident model use a GPU
-    compute_device: str = ""
-    # rows per batched solve in the unstructured / 2:4 weight update (memory: rows * in^2 floats)
-    solve_chunk: int = 64
+    # time; the paper uses up to 40 shots on the way to 50%
+    shots: int = field(default=1, metadata={"help": (
+        "the target grows linearly over this many shots; curvature is recomputed from the updated model each "
+        "shot (raise it for high sparsities)")})
+    curvature: str = field(default="kfac", metadata={"help": (
+        "kfac: F ~ G (x) A from forward+backward passes of the whole model; layerwise: G = I, A from cached "
+        "inputs, one decoder layer on the device at a time (SparseGPT-style, for models larger than the GPU)")})
+    fisher: str = field(default="empirical", metadata={"help": (
+        "empirical: loss on the true next tokens; sampled: labels drawn from the model's own softmax "
+        "(true Fisher)")})
+    damp_g: float = field(default=0.01, metadata={"help": "relative damping of G: M + damp * mean(diag M) * I"})
+    damp_a: float = field(default=0.01, metadata={"help": "relative damping of A: M + damp * mean(diag M) * I"})
+    normalize: bool = field(default=True, metadata={"help": (
+        "rank groups by cost per parameter removed (knapsack-greedy); false: raw cost (the reference sorts raw "
+        "costs)")})
+    joint_cost: bool = field(default=True, metadata={"help": (
+        "a group owning several rows/columns of a matrix (heads) costs the exact joint OBS cost of removing "
+        "them together; false: the sum of single-row/column costs as in the paper")})
+    coupling: str = field(default="consumer", metadata={"help": (
+        "consumer: a head / MLP channel / block is scored and compensated at its consumer (o_proj, down_proj "
+        "columns) only; sum: the sum over every matrix it touches (the paper's per-matrix rows + columns, "
+        "double-counting)")})
+    update: bool = field(default=True, metadata={"help": (
+        "rows of G / columns of A touched together in one shot are solved jointly (correlated OBS update); "
+        "false: structures are only zeroed (no weight update), an ablation")})
+    lora_rank: int = field(default=0, metadata={"help": (
+        "rank of an optional first-order low-rank update between shots (peft LoRA on all projections, merged "
+        "after each shot); 0: off")})
+    lora_steps: int = field(default=20, metadata={"help": "LoRA steps of that update per shot"})
+    lora_lr: float = field(default=1e-4, metadata={"help": "learning rate of that LoRA update"})
+    layers_per_pass: int = field(default=0, metadata={"help": (
+        "K-FAC factors of how many decoder layers are accumulated per forward/backward pass; 0 = all that fit "
+        "in about half of the free device memory (more passes, bounded memory)")})
+    compute_device: str = field(default="", metadata={"help": (
+        "where layerwise mode runs each layer (\"\" = the model's device); lets a CPU-resident model use a GPU")})
+    solve_chunk: int = field(default=64, metadata={"help": (
+        "rows per batched solve in the unstructured / 2:4 weight update (memory: rows * in^2 floats)")})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -27,15 +27,57 @@ from ...errors import ShearHubError
 from ...progress import bar as progress_bar
 from ...structures.adapters.base import ATTN_ROLES, DOWN, EMBED, LM_HEAD, MLP_ROLES, O
 from ...structures.graph import ATTN_BLOCKS, HEADS, HIDDEN, LAYERS, MLP, MLP_BLOCKS, QHEADS, WHOLE, Group, zero_groups
-from ..base import PruneContext, PruningMethod
+from ..base import Citation, PruneContext, PruningMethod, register_method
 from . import obs
 from .config import SurgeonConfig
 from .curvature import Factors, LayerwiseRunner, collect_kfac
 
 
+def kfac_factor_bytes(layer_linears: dict[str, list[tuple[int, int]]], layerwise: bool) -> int:
+    """K-FAC factors (float32) of the largest decoder layer, from its projections' (in, out) shapes; layerwise
+    keeps only A (input side). Doubled: the factors and their inverses / eigendecompositions."""
+    if not layer_linears:
+        return 0
+    per_layer = [sum(i * i + (0 if layerwise else o * o) for i, o in shapes) * 4 for shapes in layer_linears.values()]
+    return 2 * max(per_layer)
+
+
+@register_method
 class SurgeonMethod(PruningMethod):
     name = "surgeon"
+    display_name = "LLM Surgeon"
     config_class = SurgeonConfig
+    citation = Citation(
+        "The LLM Surgeon (van der Ouderaa et al., ICLR 2024, arXiv:2312.17244)",
+        "@inproceedings{vanderouderaa2024llmsurgeon,\n"
+        "  title     = {The {LLM} Surgeon},\n"
+        "  author    = {van der Ouderaa, Tycho F. A. and Nagel, Markus and van Baalen, Mart and Asano, Yuki M.\n"
+        "               and Blankevoort, Tijmen},\n"
+        "  booktitle = {International Conference on Learning Representations (ICLR)},\n"
+        "  year      = {2024},\n"
+        "  eprint    = {2312.17244},\n"
+        "  archivePrefix = {arXiv}\n"
+        "}",
+    )
+    needs_gradients = True  # K-FAC's G factors; curvature=layerwise needs none
+    low_memory_option = "--option curvature=layerwise"
+    report_aliases = ("surgeon",)
+    list_order = 40
+
+    @classmethod
+    def memory_estimate(cls, mem) -> dict[str, int]:
+        """Gradients and activations kept for backward (kfac only), and the K-FAC factors of the largest layer
+        (the method accumulates layers in passes that fit)."""
+        layerwise = str(mem.options.get("curvature", "kfac")) == "layerwise"
+        parts = {} if layerwise else {"gradients": mem.weights_bytes}
+        parts["curvature"] = kfac_factor_bytes(mem.info.layer_linears, layerwise)
+        parts["activations"] = mem.activation_bytes(backward=not layerwise)
+        parts["calibration tokens"] = mem.calibration_token_bytes
+        return parts
+
+    @classmethod
+    def low_memory_hint(cls) -> str | None:
+        return f"{cls.low_memory_option} (one layer at a time)"
 
     # ----- setup --------------------------------------------------------------------------------------------
     def _setup(self, ctx: PruneContext) -> None:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import PruneContext, ScoringMethod, group_scores, prunable_weights
+from ..base import (Citation, PruneContext, ScoringMethod, group_scores, prunable_weights, register_method,
+                    report_letters)
 
 
 @dataclass
@@ -15,9 +16,34 @@ class TaylorConfig:
     pass
 
 
+@register_method
 class TaylorMethod(ScoringMethod):
     name = "taylor"
+    display_name = "Taylor importance (LLM-Pruner criterion)"
     config_class = TaylorConfig
+    citation = Citation(
+        "LLM-Pruner (Ma et al., 2023, arXiv:2305.11627)",
+        "@inproceedings{ma2023llmpruner,\n"
+        "  title     = {{LLM-Pruner}: On the Structural Pruning of Large Language Models},\n"
+        "  author    = {Ma, Xinyin and Fang, Gongfan and Wang, Xinchao},\n"
+        "  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},\n"
+        "  year      = {2023},\n"
+        "  eprint    = {2305.11627},\n"
+        "  archivePrefix = {arXiv}\n"
+        "}",
+    )
+    needs_gradients = True
+    report_aliases = ("llmpruner", "taylor")
+    list_order = 30
+
+    @classmethod
+    def card_name(cls, reported: str) -> str | None:
+        """Reports naming LLM-Pruner itself ("LLM-Pruner", "pruner") are carded as LLM-Pruner, whose importance is
+        this Taylor score; a name with "taylor" in it as this criterion."""
+        if "taylor" in reported.lower():
+            return cls.display_name
+        letters = report_letters(reported)
+        return "LLM-Pruner" if letters == "pruner" or any(a in letters for a in cls.report_aliases) else None
 
     def score(self, ctx: PruneContext) -> torch.Tensor:
         weights = prunable_weights(ctx)

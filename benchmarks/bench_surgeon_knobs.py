@@ -1,0 +1,94 @@
+"""LLM Surgeon knobs, one at a time against the defaults, on the cross-domain protocol (issue: the surgeon at full
+strength).
+
+Each variant is the default prune (uniform layout, built-in mixed calibration) with one change: more shots, sampled
+Fisher, raw cost instead of cost per parameter, more calibration tokens, LoRA between shots. A knob is chosen by the
+"calib held-out" column (perplexity on windows of the calibration text that no calibration window overlaps, which
+`prune` measures itself), never by the domain texts, which are only reported. Every row is measured in the same run
+with the same windows.
+
+    python benchmarks/bench_surgeon_knobs.py --sparsities 0.2 --windows 16
+    python benchmarks/bench_surgeon_knobs.py --variants "default;shots=4" --sparsities 0.3,0.4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_layouts import EVAL, measure  # noqa: E402  (same protocol as the layout table)
+
+from shear_hub.loading import load_model  # noqa: E402
+from shear_hub.pruning import prune  # noqa: E402
+
+# variant -> prune keyword arguments (method options under "method_options")
+VARIANTS = {
+    "default": {},
+    "shots=4": {"method_options": {"shots": 4}},
+    "fisher=sampled": {"method_options": {"fisher": "sampled"}},
+    "normalize=false": {"method_options": {"normalize": False}},
+    "calib=128x512": {"calib_samples": 128, "seq_len": 512},
+    "shots=4,lora": {"method_options": {"shots": 4, "lora_rank": 8, "lora_steps": 20}},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--sparsities", default="0.2")
+    ap.add_argument("--variants", default=";".join(VARIANTS), help=f"';'-separated, from: {', '.join(VARIANTS)}")
+    ap.add_argument("--windows", type=int, default=16, help="512-token windows per text")
+    ap.add_argument("--eval-data", default=str(EVAL))
+    ap.add_argument("--json", default=None, help="append one JSON line per row")
+    args = ap.parse_args()
+    variants = [v for v in args.variants.split(";") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant {unknown[0]!r}; use one of {', '.join(VARIANTS)}")
+
+    dense, tok, _ = load_model(args.model)
+    rows = [{"sparsity": 0.0, "variant": "dense", "removed": 0.0, "prune_s": 0.0, "calib_heldout": None,
+             **measure(dense, tok, args.windows, args.eval_data)}]
+    del dense
+    print(json.dumps(rows[-1]), flush=True)
+    with tempfile.TemporaryDirectory() as work:
+        for sparsity in (float(s) for s in args.sparsities.split(",")):
+            for variant in variants:
+                t = time.perf_counter()
+                result = prune(args.model, Path(work) / f"{variant}-{sparsity}", sparsity=sparsity,
+                               progress=False, return_model=True, **VARIANTS[variant])
+                took = time.perf_counter() - t
+                row = {"sparsity": sparsity, "variant": variant, "removed": round(result.achieved_sparsity, 4),
+                       "prune_s": round(took, 1), "calib_heldout": result.perplexity_after,
+                       "calib_heldout_dense": result.perplexity_before,
+                       **measure(result.model, tok, args.windows, args.eval_data)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if args.json:
+                    with open(args.json, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+    skip = ("sparsity", "variant", "removed", "prune_s", "geomean", "pydocs_eval", "calib_heldout",
+            "calib_heldout_dense")
+    names = [k for k in rows[0] if k not in skip]
+    dense_gm, dense_py = rows[0]["geomean"], rows[0]["pydocs_eval"]
+    print(f"\n{args.model}, surgeon (uniform, builtin:mixed), one knob changed per row, {args.windows} x 512 tokens "
+          "per text; chosen by calib held-out (8 x 256)")
+    print("| sparsity | variant | removed | calib held-out (x dense) | " + " | ".join(names)
+          + " | geo-mean | x dense | pydocs_eval | x dense | prune s |")
+    print("|" + "---|" * (len(names) + 10))
+    for r in rows:
+        cells = " | ".join(f"{r[n]:.2f}" for n in names)
+        held = (f"{r['calib_heldout']:.2f} ({r['calib_heldout'] / r['calib_heldout_dense']:.3f})"
+                if r.get("calib_heldout") and r.get("calib_heldout_dense") else "-")
+        print(f"| {r['sparsity']:.0%} | {r['variant']} | {r['removed']:.1%} | {held} | {cells} | {r['geomean']:.2f} | "
+              f"{r['geomean'] / dense_gm:.3f} | {r['pydocs_eval']:.2f} | {r['pydocs_eval'] / dense_py:.3f} | "
+              f"{r['prune_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
