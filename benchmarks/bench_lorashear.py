@@ -62,13 +62,13 @@ def main() -> None:
                        return_model=True, progress=True)
         wall = time.perf_counter() - t - measured.get("eval_s", 0.0)
         ppl = perplexity(result.model, _tokenizer(Path(tmp) / "out"), EVAL, windows=args.windows)
-    rep = result.report["method_report"]
+    rep = result.report.method_report
     row = {
         "method": "lorashear", "layout": args.layout, "structures": args.structures, "options": args.option,
         "target": args.sparsity, "achieved": round(result.achieved_sparsity, 4),
         "params_after": result.params_after, "ppl_after_surgery": round(measured.get("ppl_after_surgery", float("nan")), 2),
         "ppl_after_recovery": round(ppl, 2), "prune_wall_s": round(wall, 1),
-        "timings_s": {k: round(v, 1) for k, v in result.report["timings_s"].items()},
+        "timings_s": {k: round(v, 1) for k, v in result.report.timings_s.items()},
         "protected_units": rep["stage2_knowledge"]["protected_units"],
         "periods": [{k: p[k] for k in ("period", "sparsity", "mean_loss", "new_groups")} for p in rep["stage3_lhspg"]["periods"]],
         "recovery": [{k: r.get(k) for k in ("round", "mix", "loss_gap")} for r in rep.get("stage4_recovery", {}).get("rounds", [])],

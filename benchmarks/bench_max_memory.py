@@ -1,6 +1,7 @@
 """--max-memory on the demo model: `shear-hub prune smollm2` capped at about 1/3 of its fp32 weights vs uncapped.
 
-Prints one table: wall time (and the ratio), peak RSS of each prune process (os.wait4's ru_maxrss), whether the two
+Prints one table: wall time (and the ratio), peak RSS of each prune process (os.wait4's ru_maxrss) and its peak anonymous memory (RssAnon
+sampled every 20 ms), whether the two
 runs removed the same groups (report removed_groups + dims_after, and every saved tensor equal), and the largest
 logit difference of the two pruned models on a fixed input.
 
@@ -19,14 +20,26 @@ import time
 from pathlib import Path
 
 
-def run(cmd: list[str]) -> tuple[float, int]:
+def run(cmd: list[str]) -> tuple[float, int, int]:
+    """Wall time, peak RSS (ru_maxrss: weights, runtime, and file pages such as the mmapped checkpoint) and peak
+    anonymous memory (RssAnon sampled every 20 ms: what the process itself allocated) of one prune process."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    anon = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # not poll(): it would reap the child's rusage
+        if pid:
+            break
+        try:
+            with open(f"/proc/{proc.pid}/status") as fh:
+                anon = max(anon, next(int(x.split()[1]) * 1024 for x in fh if x.startswith("RssAnon:")))
+        except (OSError, StopIteration):
+            pass
+        time.sleep(0.02)
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss * 1024
+    return wall, usage.ru_maxrss * 1024, anon
 
 
 def tensors(folder: Path) -> dict:
@@ -60,7 +73,7 @@ def main() -> None:
     for name, extra in (("uncapped", []), (f"--max-memory {cap}", ["--max-memory", cap])):
         out = work / ("capped" if extra else "uncapped")
         rows[name] = (*run(base + ["--output", str(out)] + extra), out)
-    (t0, r0, a), (t1, r1, b) = rows.values()
+    (t0, _, _, a), (t1, _, _, b) = rows.values()
     ra, rb = (json.loads((p / "pruning_report.json").read_text()) for p in (a, b))
     ta, tb = tensors(a), tensors(b)
     same = (ra["removed_groups"] == rb["removed_groups"] and ra["dims_after"] == rb["dims_after"]
@@ -71,9 +84,9 @@ def main() -> None:
     diff = float((la - lb).abs().max())
     print(f"smollm2 ({weights / 2**20:.0f} MiB fp32 weights), --method {args.method}, sparsity 0.2, "
           f"{torch.get_num_threads()} threads")
-    print(f"| run | wall s | peak RSS MiB |\n|---|---|---|")
-    for name, (t, r, _) in rows.items():
-        print(f"| {name} | {t:.1f} | {r / 2**20:.0f} |")
+    print("| run | wall s | peak RSS MiB | peak anonymous MiB |\n|---|---|---|---|")
+    for name, (t, r, anon, _) in rows.items():
+        print(f"| {name} | {t:.1f} | {r / 2**20:.0f} | {anon / 2**20:.0f} |")
     print(f"time ratio capped/uncapped {t1 / t0:.2f}; same groups and tensors: {same}; max |logit diff| {diff:.2e}; "
           f"held-out ppl after: {ra['evaluation'].get('heldout_perplexity', {}).get('value')} vs "
           f"{rb['evaluation'].get('heldout_perplexity', {}).get('value')}")

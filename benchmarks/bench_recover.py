@@ -41,7 +41,7 @@ def main() -> None:
         t = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             result = recover(spec, Path(tmp) / "out", cfg, resume=False)
-        rec = result.report["recovery"]
+        rec = result.report.recovery
         row = {"model": spec, "teacher": args.teacher, "steps": cfg.steps, "before": rec["perplexity_before"],
                "after": rec["perplexity_after"], "train_s": rec["timings_s"].get("train"),
                "total_s": round(time.perf_counter() - t, 1),

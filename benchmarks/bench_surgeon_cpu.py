@@ -69,7 +69,7 @@ def main() -> int:
                 t = time.perf_counter()
                 ppl = perplexity(res.model, tok, str(EVAL), seq_len=512, windows=args.windows)
                 ev = time.perf_counter() - t
-            rep = res.report
+            rep = res.report.to_dict()
             row = (layout, structures, res.achieved_sparsity, ppl, rep["timings_s"], wall, peak_rss_mib(),
                    rep["method_report"])
             rows.append(row)

@@ -34,6 +34,7 @@ VARIANTS = {
     "normalize=false": {"method_options": {"normalize": False}},
     "calib=128x512": {"calib_samples": 128, "seq_len": 512},
     "shots=4,lora": {"method_options": {"shots": 4, "lora_rank": 8, "lora_steps": 20}},
+    "taylor": {"method": "taylor"},  # reference: the project's first-order Taylor baseline at the same size
 }
 
 

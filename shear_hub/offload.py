@@ -21,7 +21,6 @@ import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import ShearHubError
@@ -102,39 +101,10 @@ def materialized(model, names):
 
 
 # ----------------------------------------------------------------- scoring (methods with weight_importance) -------
-def _reduce(name: str, imp: torch.Tensor, reduced: dict, totals: dict) -> None:
-    # the per-tensor half of methods.base.group_scores, so one tensor at a time can be dropped after it
-    imp = imp.detach().double().cpu()
-    totals[name] = float(imp.sum())
-    if imp.dim() == 1:
-        reduced[(name, 0)] = imp.numpy()
-    else:
-        reduced[(name, 0)] = imp.sum(dim=tuple(range(1, imp.dim()))).numpy()
-        reduced[(name, 1)] = imp.sum(dim=tuple(d for d in range(imp.dim()) if d != 1)).numpy()
-
-
-def _group_costs(graph, reduced: dict, totals: dict) -> torch.Tensor:
-    # the per-group half of methods.base.group_scores (same order of additions, so the same costs)
-    from .structures.graph import WHOLE
-
-    scores = np.zeros(len(graph.groups))
-    for i, group in enumerate(graph.groups):
-        total = 0.0
-        for s in group.slices:
-            if s.dim == WHOLE:
-                total += totals.get(s.param, 0.0)
-            else:
-                vec = reduced.get((s.param, s.dim))
-                if vec is not None:
-                    total += float(vec[list(s.index)].sum())
-        scores[i] = total
-    return torch.from_numpy(scores)
-
-
 def capped_select(pruner, ctx) -> list:
     """``pruner.select(ctx)`` for a dispatched model: the method's importance, one module's weights at a time."""
     from .allocation import allocate
-    from .methods.base import input_norms, normalize_per_layer, prunable_weights
+    from .methods.base import costs_from_reduced, normalize_per_layer, prunable_weights, reduce_importance
 
     names = list(prunable_weights(ctx))  # shapes only: offloaded parameters are on the meta device
     importance = pruner.weight_importance(ctx, names)  # the method's own formula, one weight at a time
@@ -143,9 +113,9 @@ def capped_select(pruner, ctx) -> list:
     reduced: dict = {}
     totals: dict = {}
     for name, w in materialized(ctx.model, names):
-        _reduce(name, importance(name, w), reduced, totals)
+        reduce_importance(name, w, importance, reduced, totals)  # block by block: no full-size importance copy
         del w
-    costs = _group_costs(ctx.graph, reduced, totals)
+    costs = costs_from_reduced(ctx.graph, reduced, totals)
     if pruner.layer_normalized:
         costs = normalize_per_layer(ctx.graph, costs)
     return allocate(ctx.graph, costs, ctx.params_to_remove, ctx.layout)

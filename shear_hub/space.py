@@ -15,7 +15,9 @@ from typing import Any
 import yaml
 
 from .errors import ShearHubError
+from .hub.ids import is_hub_id
 from .io import atomic_output_dir
+from .report import REPORT_NAME, read_report
 
 SPACE_FILES = ("app.py", "requirements.txt")
 CONFIG_NAME = "shear_space.json"
@@ -43,15 +45,8 @@ def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
 
 
 def _is_hub_id(ref: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")):
-        return False
-    try:
-        validate_repo_id(ref)
-    except HFValidationError:
-        return False
-    return True
+    """A Hub repo id (shear_hub.hub.ids) that is not an existing local path."""
+    return is_hub_id(ref) and not Path(ref).expanduser().exists()
 
 
 def _card_base_model(model_dir: Path) -> str | None:
@@ -64,15 +59,11 @@ def _card_base_model(model_dir: Path) -> str | None:
             base = base[0] if base else None
         if base:
             return str(base)
-    report = model_dir / "pruning_report.json"
-    if report.is_file():
-        try:
-            base = json.loads(report.read_text()).get("base_model")
-        except json.JSONDecodeError:
-            base = None
-        if base:
-            return str(base)
-    return None
+    try:
+        report = read_report(model_dir, missing_ok=True)
+    except ShearHubError:  # a broken report names no base model
+        return None
+    return str(report.base_model) if report is not None and report.base_model else None
 
 
 def hub_base_model_for(model_dir: str | Path, base_model: str | None = None) -> str:
@@ -94,7 +85,7 @@ def _hub_base_model(repo_id: str) -> str | None:
     """Best effort: read the card of a Hub model; None when offline (the app resolves it at start)."""
     from huggingface_hub import hf_hub_download
 
-    for name in ("README.md", "pruning_report.json"):
+    for name in ("README.md", REPORT_NAME):
         try:
             path = Path(hf_hub_download(repo_id, name))
         except Exception:

@@ -30,6 +30,7 @@ import gradio as gr
 import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.repocard import metadata_load
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
 HERE = Path(__file__).absolute().parent  # not resolve(): a symlinked app.py (Hub cache) keeps its folder
@@ -60,12 +61,21 @@ def load_settings(config_file: Path = CONFIG_FILE) -> dict[str, str | None]:
     }
 
 
+def is_hub_id(ref: str) -> bool:
+    """huggingface_hub's own repo-id rule, the one shear_hub.hub.ids applies (this app never imports shear_hub)."""
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return False
+    return True
+
+
 def resolve_local(ref: str) -> Path:
     """Local folder as is; otherwise a Hub model id downloaded (inference files only)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return path.resolve()
-    if path.is_absolute() or ref.startswith((".", "~")) or ref.count("/") > 1:
+    if not is_hub_id(ref):
         raise SpaceConfigError(
             f"model '{ref}' is not an existing folder nor a Hub id; set SHEAR_MODEL/SHEAR_BASE_MODEL to a Hub id"
         )

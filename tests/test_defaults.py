@@ -47,7 +47,7 @@ def test_opt_default_structures_follow_the_layout(tmp_path, capsys, layout, expe
     lines = _structure_lines(capsys.readouterr().out)
     assert lines == [f"structures: {','.join(expected)} (default for opt in the {layout} layout; "
                      "set --structures to choose)"]
-    assert result.report["structures"] == expected
+    assert result.report.structures == expected
 
 
 def test_explicit_structures_print_nothing(tiny_folder, tmp_path, capsys):

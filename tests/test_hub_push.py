@@ -364,7 +364,6 @@ for kwargs in ({{"repo_type": "bucket"}}, {{}}):
 def test_per_layer_model_from_a_real_prune_round_trips(hub, tmp_path):
     """A per-layer model made by the core prune API (card rendered by the export) loads back from the Hub with
     trust_remote_code=True, and with `import shear_hub` instead of remote code."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from model_factory import save_tiny_model_folder
 
     from shear_hub.pruning import prune

@@ -14,7 +14,7 @@ from shear_hub.data import calibration_batches
 from shear_hub.errors import ShearHubError
 from shear_hub.loading import load_model
 from shear_hub.methods import PruneContext, get_method
-from shear_hub.methods.lorashear.lhspg import GroupVectors, half_space_project
+from shear_hub.methods.lorashear.lhspg import GroupVectors, half_space_crossed, half_space_project
 from shear_hub.methods.lorashear.lora_groups import attach_lora, lora_aware_groups
 from shear_hub.pruning import count_params
 from shear_hub.structures import build_graph, zero_groups
@@ -110,6 +110,35 @@ def test_group_vectors_dots_equal_explicit_effective_weights():
     for i, g in enumerate(groups):
         vec = torch.cat([merged[s.param].index_select(s.dim, torch.tensor(s.index)).flatten() for s in g.slices])
         assert float(got[i]) == pytest.approx(float(vec.detach().double() @ vec.detach().double()), rel=1e-5)
+
+
+def test_lhspg_projection_rule_on_group_vectors_matches_half_space_project():
+    """LHSPG's production call (half_space_crossed over GroupVectors snapshots) marks the same groups as
+    half_space_project on each group's explicit vector."""
+    model = tiny_llama(layers=2)
+    graph = build_graph(model, ["heads", "mlp"])
+    peft_model = attach_lora(model, graph, rank=4, alpha=8)
+    _randomize_lora(peft_model, seed=1)
+    groups = graph.groups
+    gv = GroupVectors(peft_model, groups)
+
+    def explicit():
+        merged = {}
+        for n, m in peft_model.named_modules():
+            if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer"):
+                merged[n.replace("base_model.model.", "") + ".weight"] = \
+                    (m.base_layer.weight + m.get_delta_weight("default")).detach().double()
+        return [torch.cat([merged[s.param].index_select(s.dim, torch.tensor(s.index)).transpose(0, s.dim).flatten()
+                           for s in g.slices]) for g in groups]
+
+    previous, previous_vecs = gv.snapshot(), explicit()
+    _randomize_lora(peft_model, seed=2)  # a trial point: some groups leave their half-space, others do not
+    trial, trial_vecs = gv.snapshot(), explicit()
+    for epsilon in (0.0, 0.3):
+        production = half_space_crossed(previous, trial, epsilon, dots=gv.dots)
+        _, reference = half_space_project(previous_vecs, trial_vecs, epsilon)
+        assert production.tolist() == reference.tolist()
+        assert 0 < int(reference.sum()) < len(groups)
 
 
 def _ctx(folder, layout, sparsity=0.3, kinds=("heads", "mlp")):

@@ -44,7 +44,7 @@ def test_prune_api_layers_and_hidden(tiny_folder, tmp_path):
     result = prune(str(tiny_folder), tmp_path / "out", method="wanda", sparsity=0.3, layout="per-layer",
                    structures="layers,hidden,mlp", calib_samples=4, seq_len=32, progress=False)
     assert abs(result.achieved_sparsity - 0.3) <= 0.01
-    assert result.report["removed_groups"]
+    assert result.report.removed_groups
 
 
 @pytest.mark.parametrize("fmt", ["txt", "jsonl", "parquet"])
@@ -62,13 +62,13 @@ def test_calibration_file_formats(tiny_folder, tmp_path, fmt):
         pq.write_table(pa.table({"text": [p for p in text.split("\n\n") if p.strip()]}), path)
     assert len(load_text(str(path))) > 1000
     result = prune(str(tiny_folder), tmp_path / "out", calib=str(path), calib_samples=4, seq_len=32, progress=False)
-    assert result.report["calibration"]["spec"] == str(path)
+    assert result.report.calibration["spec"] == str(path)
 
 
 def test_same_seed_same_result(tiny_folder, tmp_path):
     a = prune(str(tiny_folder), tmp_path / "a", method="taylor", calib_samples=4, seq_len=32, progress=False)
     b = prune(str(tiny_folder), tmp_path / "b", method="taylor", calib_samples=4, seq_len=32, progress=False)
-    assert a.report["dims_after"] == b.report["dims_after"]
+    assert a.report.dims_after == b.report.dims_after
     from safetensors.torch import load_file
 
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")

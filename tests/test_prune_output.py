@@ -104,9 +104,9 @@ def test_no_eval_leaves_the_numbers_out_and_the_model_unchanged(tiny_folder, tmp
               progress=False)
     b = prune(str(tiny_folder), tmp_path / "b", method="wanda", structures="heads,mlp", calib_samples=4, seq_len=32,
               progress=False, evaluate=False)
-    assert a.perplexity_after == a.report["evaluation"]["heldout_perplexity"]["value"] == pytest.approx(
+    assert a.perplexity_after == a.report.evaluation["heldout_perplexity"]["value"] == pytest.approx(
         json.loads((tmp_path / "a" / "pruning_report.json").read_text())["evaluation"]["heldout_perplexity"]["value"])
-    assert b.perplexity_before is None and "heldout_perplexity" not in b.report["evaluation"]
+    assert b.perplexity_before is None and "heldout_perplexity" not in b.report.evaluation
     assert "heldout_perplexity" not in json.loads((tmp_path / "b" / "pruning_report.json").read_text())["evaluation"]
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -62,15 +62,15 @@ def test_recover_merged_and_adapter_agree(folders, tmp_path, layout):
 
     src = folders / layout
     merged = recover(str(src), tmp_path / "merged", _cfg(folders))
-    rec = merged.report["recovery"]
+    rec = merged.report.recovery
     # training helped on the text it trained on, and the report says so
     assert rec["perplexity_after"] < rec["perplexity_before"]
     assert [p["step"] for p in rec["curve"]] == [2, 4, 6, 8]
     assert rec["curve"][-1]["loss"] < rec["curve"][0]["loss"]
     report = read_report(tmp_path / "merged")
-    assert report["layout"] == layout and report["recovery"]["merged"] is True
-    assert report["evaluation"]["perplexity"]["value"] == pytest.approx(rec["perplexity_after"])
-    assert report["method"] == "magnitude"  # the pruning history is kept
+    assert report.layout == layout and report.recovery["merged"] is True
+    assert report.evaluation["perplexity"]["value"] == pytest.approx(rec["perplexity_after"])
+    assert report.method == "magnitude"  # the pruning history is kept
     cfg_in = json.loads((src / "config.json").read_text())
     cfg_out = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert cfg_out["architectures"] == cfg_in["architectures"] and cfg_out.get("auto_map") == cfg_in.get("auto_map")
@@ -112,8 +112,8 @@ def test_distillation_loss_and_run(folders, tmp_path):
 
     result = recover(str(folders / "uniform"), tmp_path / "kd", _cfg(folders, teacher=str(folders / "dense"),
                                                                        kd_alpha=0.0, eval_data=None))
-    curve = result.report["recovery"]["curve"]
-    assert result.report["recovery"]["method"] == "lora+distillation"
+    curve = result.report.recovery["curve"]
+    assert result.report.recovery["method"] == "lora+distillation"
     assert all("kd_loss" in p for p in curve)
     assert curve[-1]["kd_loss"] < curve[0]["kd_loss"]  # pure KD (alpha 0) pulls the student towards the teacher
     assert curve[-1]["loss"] == pytest.approx(curve[-1]["kd_loss"], rel=1e-4)

@@ -79,7 +79,7 @@ def test_save_dtype_float32_overrides(bf16_folder, tmp_path):
     result = pruning.prune(str(bf16_folder), tmp_path / "f32", method="magnitude", sparsity=SPARSITY,
                            save_dtype="float32", progress=False, return_model=True)
     out = tmp_path / "f32"
-    assert result.report["save_dtype"] == "float32" and result.report["base_dtype"] == "bfloat16"
+    assert result.report.save_dtype == "float32" and result.report.base_dtype == "bfloat16"
     assert _config_dtype(out) == "float32" and _tensor_dtypes(out) == {torch.float32}
     before = _weights_bytes(bf16_folder)
     assert _weights_bytes(out) == pytest.approx(2 * before * (1 - result.achieved_sparsity), rel=0.02)
@@ -88,10 +88,10 @@ def test_save_dtype_float32_overrides(bf16_folder, tmp_path):
 
 def test_float32_base_stays_float32_and_bfloat16_halves_it(tiny_folder, tmp_path):
     kept = pruning.prune(str(tiny_folder), tmp_path / "auto", method="magnitude", sparsity=SPARSITY, progress=False)
-    assert kept.report["save_dtype"] == "float32" and _config_dtype(tmp_path / "auto") == "float32"
+    assert kept.report.save_dtype == "float32" and _config_dtype(tmp_path / "auto") == "float32"
     halved = pruning.prune(str(tiny_folder), tmp_path / "bf16", method="magnitude", sparsity=SPARSITY,
                            save_dtype="bf16", progress=False)
-    assert halved.report["save_dtype"] == "bfloat16" and _tensor_dtypes(tmp_path / "bf16") == {torch.bfloat16}
+    assert halved.report.save_dtype == "bfloat16" and _tensor_dtypes(tmp_path / "bf16") == {torch.bfloat16}
     assert _weights_bytes(tmp_path / "bf16") < 0.55 * _weights_bytes(tmp_path / "auto")
 
 

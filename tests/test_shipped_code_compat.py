@@ -179,7 +179,7 @@ def test_report_and_card_state_the_tested_range(folders, tmp_path):
     for layout in ("per-layer", "uniform"):
         out = tmp_path / layout
         prune(str(dense), out, method="magnitude", sparsity=0.2, layout=layout, structures="mlp", progress=False)
-        record = read_report(out)["transformers"]
+        record = read_report(out).transformers
         card = (out / "README.md").read_text()
         if layout == "per-layer":
             low, high = TESTED_TRANSFORMERS

@@ -21,12 +21,8 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from tests.hub_server import serve as serve_hub
-    from tests.tiny_models import TinyPair, build_tiny_pair
-except ImportError:  # tests/ is not a package: pytest puts this folder on sys.path
-    from hub_server import serve as serve_hub
-    from tiny_models import TinyPair, build_tiny_pair
+from hub_server import serve as serve_hub  # tests/ is on sys.path (pythonpath in pyproject's pytest config)
+from tiny_models import TinyPair, build_tiny_pair
 
 from shear_hub.space import prepare_space_folder
 

@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-try:
-    from tests.tiny_models import TinyPair, build_tiny_pair
-except ImportError:  # tests/ is not a package: pytest puts this folder on sys.path
-    from tiny_models import TinyPair, build_tiny_pair
+from tiny_models import TinyPair, build_tiny_pair  # tests/ is on sys.path (pythonpath in pyproject's pytest config)
 
 from shear_hub.errors import ShearHubError
 from shear_hub.space import prepare_space_folder

@@ -89,7 +89,7 @@ def test_mask_modes_keep_shapes_and_give_valid_masks(tiny_folder, tmp_path, mode
     result = prune(str(tiny_folder), tmp_path / "m", method="surgeon", sparsity=0.3, layout="per-layer",
                    structures="mlp", calib_samples=8, seq_len=32, progress=False, return_model=True,
                    method_options={"mode": mode, "shots": 2})
-    rep = result.report["method_report"]
+    rep = result.report.method_report
     assert result.params_after == result.params_before  # the file stays dense
     weights = {n: p for n, p in result.model.named_parameters() if n.endswith("proj.weight")}
     zeros = sum(int((w == 0).sum()) for w in weights.values())

@@ -117,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"pruned {result.params_before:,} -> {result.params_after:,} parameters "
           f"({result.achieved_sparsity:.2%} removed, target {args.sparsity:.0%}) -> {result.output}")
-    for line in prune_summary(result.report, args.output, base=args.model):
+    for line in prune_summary(result.report.to_dict(), args.output, base=args.model):
         print(line)
-    if "warning" in result.report:
-        print(f"warning: {result.report['warning']}")
+    if result.report.warning:
+        print(f"warning: {result.report.warning}")
     return 0

@@ -34,8 +34,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub.card import REPORT_NAME, is_generated_card, render_card
+    from ..hub.card import is_generated_card, render_card
     from ..hub.push import push_folder
+    from ..report import REPORT_NAME
 
     folder = Path(args.model).expanduser()
     if args.space and (args.revision or args.create_pr or args.repo_type != "model"):

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result = recover(args.model, args.output, cfg, overwrite=args.overwrite, device=args.device,
                      trust_remote_code=args.trust_remote_code, resume=not args.no_resume)
-    rec = result.report["recovery"]
+    rec = result.report.recovery
     last = rec["curve"][-1] if rec["curve"] else {}
     line = f"recovered {args.model} -> {result.output} ({cfg.steps} steps, final loss {last.get('loss', float('nan')):.4f}"
     if rec.get("perplexity_after") is not None:

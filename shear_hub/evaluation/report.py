@@ -11,6 +11,7 @@ import torch
 from ..data import BUILTIN_CALIB, load_text, sequential_windows, tokenize_text
 from ..errors import ShearHubError
 from ..report import read_report, write_report
+from ..structures.graph import count_params
 
 DEFAULT_SPEED = {"prompt_len": 128, "new_tokens": 32, "batch_size": 1}
 
@@ -28,10 +29,6 @@ def weights_bytes(folder: str | os.PathLike) -> int | None:
     if not path.is_dir():
         return None
     return sum(p.stat().st_size for p in path.glob("*.safetensors")) or None
-
-
-def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())  # tied weights counted once
 
 
 def evaluate(model_dir: str, *, data: str | None = None, seq_len: int = 512, windows: int | None = 48,
@@ -118,10 +115,10 @@ def record_evaluation(model_dir: str | os.PathLike, result: dict, base: dict | N
     Returns False when ``model_dir`` is not a shear-hub folder (no report): nothing is written then.
     """
     folder = Path(model_dir)
-    report = read_report(folder) if folder.is_dir() else {}
-    if not report:
+    report = read_report(folder, missing_ok=True)
+    if report is None:
         return False
-    evaluation = dict(report.get("evaluation") or {})
+    evaluation = dict(report.evaluation or {})
     evaluation["perplexity"] = result["perplexity"]
     evaluation["params"] = result["params"]
     if result.get("file_size_bytes"):
@@ -143,7 +140,7 @@ def record_evaluation(model_dir: str | os.PathLike, result: dict, base: dict | N
             evaluation["base_domains"] = base["domains"]
         if "zero_shot" in base and "tasks" in base["zero_shot"]:
             evaluation["base_zero_shot"] = base["zero_shot"]
-    report["evaluation"] = evaluation
+    report.evaluation = evaluation
     write_report(folder, report)
     try:
         from ..hub.card import render_card

@@ -15,6 +15,7 @@ import torch
 
 from ..compat import cache_keyword
 from ..errors import ShearHubError
+from ..structures.graph import count_params
 
 MODES = ("eager", "static-compile")
 
@@ -27,11 +28,6 @@ def _sync(device: str) -> None:
 def _prompt(vocab: int, batch_size: int, prompt_len: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch_size, prompt_len), generator=g)
-
-
-def count_params(model) -> int:
-    """Parameters, tied weights counted once."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def measure_speed(model, tokenizer=None, *, prompt_len: int, new_tokens: int, batch_size: int = 1,

@@ -11,19 +11,20 @@ errors are rebuilt from status codes, never from request headers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub.utils.sha import git_hash, sha_fileobj
+
 from ..errors import ShearHubError
+from .ids import is_hub_id
 
 REPO_TYPES = ("model", "dataset", "space")
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 # Never uploaded: VCS / caches / the hidden temporaries of shear_hub.io.atomic_output_dir.
 _SKIP_DIRS = {".git", ".cache", ".huggingface", "__pycache__", ".ipynb_checkpoints"}
-_REPO_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$")
 
 
 @dataclass(frozen=True)
@@ -48,19 +49,14 @@ def local_files(folder: Path) -> list[LocalFile]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The sha256 the Hub lists for an LFS / Xet file (read in 1 MiB chunks)."""
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha_fileobj(f).hex()
 
 
 def _git_blob_sha1(path: Path) -> str:
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The git blob id the Hub lists for a regular (small, non-LFS) file."""
+    return git_hash(path.read_bytes())
 
 
 def _http_error(err: Exception, what: str, endpoint: str) -> ShearHubError:
@@ -211,8 +207,7 @@ def push_folder(
             repo_id = f"{api.whoami()['name']}/{repo_id}"
         except transport_errors as err:
             raise _http_error(err, "cannot find your user name for a bare REPO_ID", endpoint) from None
-    namespace, _, name = repo_id.partition("/")
-    if not (_REPO_NAME.match(namespace) and _REPO_NAME.match(name)) or "/" in name:
+    if not is_hub_id(repo_id, namespace=True):
         raise ShearHubError(f"invalid REPO_ID {repo_id!r}; use namespace/name with letters, digits, '-', '_', '.'")
 
     try:

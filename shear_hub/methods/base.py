@@ -244,18 +244,47 @@ def normalize_per_layer(graph: StructureGraph, costs: torch.Tensor) -> torch.Ten
     return costs
 
 
-def group_scores(graph: StructureGraph, importance: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum an element-wise importance over each group's slices (params without importance count 0)."""
-    reduced: dict[tuple[str, int], np.ndarray] = {}
-    totals: dict[str, float] = {}
-    for name, imp in importance.items():
-        imp = imp.detach().double().cpu()
+# float64 elements per block of rows when reducing one weight's importance (16 MiB): no full-size float64 copy
+REDUCE_BLOCK_ELEMENTS = 1 << 21
+
+
+def reduce_importance(name: str, weight: torch.Tensor, importance, reduced: dict, totals: dict) -> None:
+    """Row sums, column sums and the total of ``importance(name, block)`` over blocks of ``weight``'s rows, in
+    float64, into ``reduced[(name, dim)]`` / ``totals[name]``. Element-wise importances (|W|, |W| * ||X||, W * grad)
+    give the same sums whether the whole weight or a block of rows is passed, so the resident and the streamed
+    (--max-memory) paths share this and get identical costs; memory is one block, not a float64 copy."""
+    step = max(1, REDUCE_BLOCK_ELEMENTS // max(1, weight[0].numel())) if weight.dim() > 1 else weight.shape[0]
+    if weight.dim() < 2 or weight.shape[0] <= step:
+        imp = importance(name, weight).detach().double().cpu()
         totals[name] = float(imp.sum())
         if imp.dim() == 1:
             reduced[(name, 0)] = imp.numpy()
         else:
             reduced[(name, 0)] = imp.sum(dim=tuple(range(1, imp.dim()))).numpy()
             reduced[(name, 1)] = imp.sum(dim=tuple(d for d in range(imp.dim()) if d != 1)).numpy()
+        return
+    rows, cols = [], None
+    for start in range(0, weight.shape[0], step):
+        imp = importance(name, weight[start : start + step]).detach().double().cpu()
+        rows.append(imp.sum(dim=tuple(range(1, imp.dim()))))
+        block_cols = imp.sum(dim=tuple(d for d in range(imp.dim()) if d != 1))
+        cols = block_cols if cols is None else cols + block_cols
+    row_sums = torch.cat(rows)
+    totals[name] = float(row_sums.sum())
+    reduced[(name, 0)], reduced[(name, 1)] = row_sums.numpy(), cols.numpy()
+
+
+def group_scores(graph: StructureGraph, importance: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum an element-wise importance over each group's slices (params without importance count 0)."""
+    reduced: dict[tuple[str, int], np.ndarray] = {}
+    totals: dict[str, float] = {}
+    for name, imp in importance.items():
+        reduce_importance(name, imp, lambda _name, block: block, reduced, totals)
+    return costs_from_reduced(graph, reduced, totals)
+
+
+def costs_from_reduced(graph: StructureGraph, reduced: dict, totals: dict) -> torch.Tensor:
+    """Each group's cost: the sums of ``reduce_importance`` over the group's slices."""
     scores = np.zeros(len(graph.groups))
     for i, group in enumerate(graph.groups):
         total = 0.0

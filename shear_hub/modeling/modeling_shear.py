@@ -91,7 +91,16 @@ class RemovedMLP(nn.Module):
 
 
 class _PerLayerMixin:
-    """Rebuilds ``self.model.layers`` from per-layer configs after the stock constructor ran."""
+    """Rebuilds ``self.model.layers`` from per-layer configs after the stock constructor ran. First base of every
+    per-layer class, before the stock ``...ForCausalLM``, whose constructor ``_stock_init`` runs."""
+
+    def __init__(self, config):
+        self._stock_init(config)
+        self._build_per_layer(config)
+        self.post_init()
+
+    def _stock_init(self, config) -> None:
+        super().__init__(config)
 
     def _layers_parent(self) -> nn.Module:
         return self.model
@@ -121,64 +130,29 @@ class _PerLayerMixin:
 class ShearLlamaForCausalLM(_PerLayerMixin, LlamaForCausalLM):
     config_class = ShearLlamaConfig
 
-    def __init__(self, config: ShearLlamaConfig):
-        super().__init__(config)
-        self._build_per_layer(config)
-        self.post_init()
-
 
 class ShearMistralForCausalLM(_PerLayerMixin, MistralForCausalLM):
     config_class = ShearMistralConfig
-
-    def __init__(self, config: ShearMistralConfig):
-        super().__init__(config)
-        self._build_per_layer(config)
-        self.post_init()
 
 
 class ShearQwen2ForCausalLM(_PerLayerMixin, Qwen2ForCausalLM):
     config_class = ShearQwen2Config
 
-    def __init__(self, config: ShearQwen2Config):
-        super().__init__(config)
-        self._build_per_layer(config)
-        self.post_init()
-
 
 class ShearQwen3ForCausalLM(_PerLayerMixin, Qwen3ForCausalLM):
     config_class = ShearQwen3Config
-
-    def __init__(self, config: ShearQwen3Config):
-        super().__init__(config)
-        self._build_per_layer(config)
-        self.post_init()
 
 
 class ShearGemma2ForCausalLM(_PerLayerMixin, Gemma2ForCausalLM):
     config_class = ShearGemma2Config
 
-    def __init__(self, config: ShearGemma2Config):
-        super().__init__(config)
-        self._build_per_layer(config)
-        self.post_init()
-
 
 class ShearGemma3TextForCausalLM(_PerLayerMixin, Gemma3ForCausalLM):
     config_class = ShearGemma3TextConfig
 
-    def __init__(self, config: ShearGemma3TextConfig):
-        super().__init__(config)
-        self._build_per_layer(config)
-        self.post_init()
-
 
 class ShearPhi3ForCausalLM(_PerLayerMixin, Phi3ForCausalLM):
     config_class = ShearPhi3Config
-
-    def __init__(self, config: ShearPhi3Config):
-        super().__init__(config)
-        self._build_per_layer(config)
-        self.post_init()
 
 
 class ShearOPTAttention(OPTAttention):
@@ -208,15 +182,13 @@ class ShearOPTForCausalLM(_PerLayerMixin, OPTForCausalLM):
 
     config_class = ShearOPTConfig
 
-    def __init__(self, config: ShearOPTConfig):
+    def _stock_init(self, config: ShearOPTConfig) -> None:
         heads = config.num_attention_heads
         config.num_attention_heads = 1  # the stock constructor insists hidden % heads == 0; its layers are replaced
         try:
-            super().__init__(config)
+            super()._stock_init(config)
         finally:
             config.num_attention_heads = heads
-        self._build_per_layer(config)
-        self.post_init()
 
     def _layers_parent(self) -> nn.Module:
         return self.model.decoder

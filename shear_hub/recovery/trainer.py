@@ -8,8 +8,9 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ from ..data import load_text, sample_windows, tokenize_text
 from ..errors import ShearHubError
 from ..io import atomic_output_dir, check_output_dir, clean_stale_temporaries
 from ..loading import load_model, resolve_source
-from ..report import command_line, read_report, write_report
+from ..report import PruningReport, command_line, read_report, write_report
 from ..save_dtype import base_dtype
 from .checkpoint import Checkpoint, checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RecoveryConfig
@@ -28,7 +29,7 @@ from .losses import mixed_loss
 @dataclass
 class RecoveryResult:
     output: Path
-    report: dict
+    report: PruningReport  # what the output folder's pruning_report.json holds
     resumed_from: int | None
 
 
@@ -91,37 +92,129 @@ def step_windows(tokens: torch.Tensor, cfg: RecoveryConfig, step: int) -> torch.
     return sample_windows(tokens, cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
 
 
-def _base_report(source, model) -> dict:
+def _base_report(source, model) -> PruningReport:
     """The input folder's report, or a minimal one for a model that shear-hub did not prune (e.g. the dense control)."""
-    report = read_report(source.path) if Path(source.path).is_dir() else {}
-    if report:
+    report = read_report(source.path, missing_ok=True)
+    if report is not None:
         return report
     params = sum(p.numel() for p in model.parameters())
-    return {
-        "shear_hub_version": __version__, "command": None, "base_model": source.hub_id or str(source.spec),
-        "base_model_license": source.license, "method": "none", "method_config": {},
-        "layout": "per-layer" if getattr(model.config, "auto_map", None) else "uniform", "structures": [],
-        "target_sparsity": 0.0, "achieved_sparsity": 0.0, "params_before": params, "params_after": params,
-        "architecture_before": type(model).__name__, "architecture_after": type(model).__name__,
-        "evaluation": {}, "recovery": None,
-    }
+    return PruningReport(
+        shear_hub_version=__version__, command=None, base_model=source.hub_id or str(source.spec),
+        base_model_license=source.license, method="none", method_config={},
+        layout="per-layer" if getattr(model.config, "auto_map", None) else "uniform", structures=[],
+        target_sparsity=0.0, achieved_sparsity=0.0, params_before=params, params_after=params,
+        architecture_before=type(model).__name__, architecture_after=type(model).__name__,
+        evaluation={}, recovery=None,
+    )
+
+
+def _record_recovery(report: PruningReport, recovery: dict, cfg: RecoveryConfig, ppl_after: float | None) -> None:
+    """recover's section in the report, and the perplexity it measured after training in the report's evaluation."""
+    from ..evaluation.report import data_label
+
+    report.recovery = recovery
+    held = (report.evaluation or {}).get("heldout_perplexity")
+    if isinstance(held, dict) and "stage" not in held:  # prune's numbers describe the model before this training
+        report.evaluation = {**report.evaluation, "heldout_perplexity": {**held, "stage": "after pruning, before recovery"}}
+    if ppl_after is not None:
+        report.evaluation = {**(report.evaluation or {}), "perplexity": {
+            "data": data_label(cfg.eval_data), "seq_len": cfg.eval_seq_len, "windows": cfg.eval_windows,
+            "value": round(ppl_after, 4)}}
+
+
+@dataclass
+class _Run:
+    """One recovery run: its settings, the accelerate state and what the steps share."""
+
+    cfg: RecoveryConfig
+    accelerator: Any
+    fsdp: bool
+    out: Path
+    ckpt_dir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    tokenizer: Any = None
+    teacher: torch.nn.Module | None = None
+    tokens: torch.Tensor | None = None  # the tokenized training text
+    eval_text: str | None = None
+    fingerprint: str = ""  # the settings and input a checkpoint must match to be resumed
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    def log(self, message: str) -> None:
+        _log(self.accelerator, message)
+
+    def measure(self, model) -> float | None:
+        """Perplexity on --eval-data (main process only; None elsewhere or without --eval-data)."""
+        from ..evaluation.perplexity import perplexity
+
+        if self.eval_text is None or not self.accelerator.is_main_process:
+            return None
+        cfg = self.cfg
+        return perplexity(model, self.tokenizer, text=self.eval_text, seq_len=cfg.eval_seq_len, windows=cfg.eval_windows)
+
+
+@dataclass
+class _Progress:
+    """Where training stands: the next step, the loss curve so far and the training seconds (from a checkpoint)."""
+
+    start: int = 0
+    curve: list[dict] = field(default_factory=list)
+    train_s: float = 0.0
+    resumed_from: int | None = None
 
 
 def recover(model: str, output: str | Path, config: RecoveryConfig | None = None, *, overwrite: bool = False,
             device: str | None = None, trust_remote_code: bool = False, resume: bool = True,
             command: str | None = None) -> RecoveryResult:
     """Fine-tune ``model`` (a pruned shear-hub folder or any causal LM) with LoRA and write the result to ``output``."""
-    from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
-
-    from ..evaluation.report import data_label
-    from ..evaluation.perplexity import perplexity
 
     cfg = config or RecoveryConfig()
     cfg.validate()
+    run, source = _start(model, output, cfg, overwrite=overwrite, device=device)
+    student, source = _load_models(run, model, source, trust_remote_code)
+    report = _base_report(source, student)
+    _load_texts(run)
+    ppl_before = _perplexity_before(run, student)
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    # FSDP flattens each wrapped layer's parameters into one tensor of one dtype: LoRA stays in the model's dtype
+    peft_model = get_peft_model(student, lora, autocast_adapter_dtype=not run.fsdp)
+    named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    trainable = sum(p.numel() for _, p in named)
+    optimizer = None if run.fsdp else torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run.fingerprint = cfg.fingerprint(str(Path(source.path).resolve()) if Path(source.path).exists() else source.path)
+    progress = _resume(run, named, optimizer, resume)
+    wrapped, optimizer = _prepare(run, peft_model, optimizer, trainable)
+    _train(run, wrapped, optimizer, progress)
+    if run.fsdp:
+        peft_model = _gather_fsdp(run.accelerator, wrapped, model, lora, cfg, trust_remote_code)
+    else:
+        peft_model = run.accelerator.unwrap_model(wrapped)
+    if peft_model is not None:
+        peft_model.eval()
+    ppl_after = _perplexity_after(run, peft_model, ppl_before)
+    recovery = _recovery_section(run, source, command, trainable, progress, ppl_before, ppl_after)
+    _record_recovery(report, recovery, cfg, ppl_after)
+    if run.accelerator.is_main_process:
+        _save(peft_model, run.tokenizer, run.out, report, overwrite, source, cfg)
+        shutil.rmtree(run.ckpt_dir, ignore_errors=True)  # finished: the checkpoint is no longer needed
+        run.log(f"wrote {'merged model' if cfg.merge else 'LoRA adapter'} -> {run.out}")
+    run.accelerator.wait_for_everyone()
+    return RecoveryResult(run.out, report, progress.resumed_from)
+
+
+def _start(model: str, output: str | Path, cfg: RecoveryConfig, *, overwrite: bool, device: str | None):
+    """The accelerate state and every refusal that needs no loaded model (settings vs processes and FSDP, output
+    folder, memory / disk estimated from the headers)."""
+    from accelerate import Accelerator
+
+    from ..resources_check import check_recover
+
     source = resolve_source(model)
     out = check_output_dir(output, overwrite, inputs=(model, source.path))
-    ckpt_dir = checkpoint_dir(out)
     accelerator = Accelerator(cpu=(device == "cpu"))
     world = accelerator.num_processes
     fsdp = _fsdp(accelerator)
@@ -136,205 +229,216 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
         raise ShearHubError(f"--device {device} asked but accelerate chose {accelerator.device}; check the device")
     if accelerator.is_main_process:
         clean_stale_temporaries(out)
-    timings: dict[str, float] = {}
-
     # Fail in seconds, not after loading, when memory or disk cannot hold the job (estimate from the headers).
-    from ..resources_check import check_recover
-
     teacher_source = resolve_source(cfg.teacher) if cfg.teacher else None
     check_recover(source.weights_path, out, dtype=cfg.dtype, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                   lora_rank=cfg.lora_rank, device=str(accelerator.device),
                   teacher_path=teacher_source.weights_path if teacher_source else None)
+    return _Run(cfg, accelerator, fsdp, out, checkpoint_dir(out)), source
+
+
+def _load_models(run: _Run, model: str, source, trust_remote_code: bool):
+    """The student (returned with its source) and the teacher (kept in ``run``), seeded alike in every process."""
+    cfg = run.cfg
     t = time.perf_counter()
     torch.manual_seed(cfg.seed)  # same LoRA initialisation in every process
-    student, tokenizer, source = load_model(model, dtype=cfg.dtype, trust_remote_code=trust_remote_code)
-    teacher = None
+    student, run.tokenizer, source = load_model(model, dtype=cfg.dtype, trust_remote_code=trust_remote_code)
     if cfg.teacher:
         teacher, _, _ = load_model(cfg.teacher, dtype=cfg.dtype, trust_remote_code=trust_remote_code)
         if teacher.config.vocab_size != student.config.vocab_size:
             raise ShearHubError(f"--teacher {cfg.teacher} has vocabulary {teacher.config.vocab_size}, the model "
                                 f"{student.config.vocab_size}; distil from the model it was pruned from")
-        teacher.requires_grad_(False).to(accelerator.device).eval()
-    timings["load"] = time.perf_counter() - t
-    report = _base_report(source, student)
+        run.teacher = teacher.requires_grad_(False).to(run.accelerator.device).eval()
+    run.timings["load"] = time.perf_counter() - t
+    return student, source
 
-    tokens = tokenize_text(tokenizer, load_text(cfg.data))
-    if tokens.numel() < cfg.seq_len + 1:
-        raise ShearHubError(f"training text has {tokens.numel()} tokens, fewer than --seq-len {cfg.seq_len}; "
+
+def _load_texts(run: _Run) -> None:
+    cfg = run.cfg
+    run.tokens = tokenize_text(run.tokenizer, load_text(cfg.data))
+    if run.tokens.numel() < cfg.seq_len + 1:
+        raise ShearHubError(f"training text has {run.tokens.numel()} tokens, fewer than --seq-len {cfg.seq_len}; "
                             "give more text (--data) or a smaller --seq-len")
-    eval_text = load_text(cfg.eval_data) if cfg.eval_data else None
+    run.eval_text = load_text(cfg.eval_data) if cfg.eval_data else None
 
-    def measure(m) -> float | None:
-        if eval_text is None or not accelerator.is_main_process:
-            return None
-        return perplexity(m, tokenizer, text=eval_text, seq_len=cfg.eval_seq_len, windows=cfg.eval_windows)
 
-    if not fsdp:
+def _perplexity_before(run: _Run, student) -> float | None:
+    """Moves the student to its device (under FSDP only the main process, and only to measure) and measures it."""
+    from ..evaluation.report import data_label
+
+    accelerator = run.accelerator
+    if not run.fsdp:
         student.to(accelerator.device)
-    elif eval_text is not None and accelerator.is_main_process:
+    elif run.eval_text is not None and accelerator.is_main_process:
         student.to(accelerator.device)  # the whole model on the main process's device for the measurement only
-    ppl_before = None
-    if eval_text is not None:
-        t = time.perf_counter()
-        ppl_before = measure(student)
-        if fsdp:
-            student.to("cpu")  # FSDP moves each rank's shard to its device when it wraps the model
-        timings["eval_before"] = time.perf_counter() - t
-        _log(accelerator, f"perplexity before recovery on {data_label(cfg.eval_data)}: {ppl_before:.3f}"
-             if ppl_before is not None else "")
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
-    # FSDP flattens each wrapped layer's parameters into one tensor of one dtype: LoRA stays in the model's dtype
-    peft_model = get_peft_model(student, lora, autocast_adapter_dtype=not fsdp)
-    named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
-    trainable = sum(p.numel() for _, p in named)
-    optimizer = None if fsdp else torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if run.eval_text is None:
+        return None
+    t = time.perf_counter()
+    ppl_before = run.measure(student)
+    if run.fsdp:
+        student.to("cpu")  # FSDP moves each rank's shard to its device when it wraps the model
+    run.timings["eval_before"] = time.perf_counter() - t
+    run.log(f"perplexity before recovery on {data_label(run.cfg.eval_data)}: {ppl_before:.3f}"
+            if ppl_before is not None else "")
+    return ppl_before
 
-    fingerprint = cfg.fingerprint(str(Path(source.path).resolve()) if Path(source.path).exists() else source.path)
-    start, curve, train_s, resumed_from = 0, [], 0.0, None
+
+def _perplexity_after(run: _Run, peft_model, ppl_before: float | None) -> float | None:
+    if run.eval_text is None:
+        return None
+    t = time.perf_counter()
+    ppl_after = run.measure(peft_model)
+    run.timings["eval_after"] = time.perf_counter() - t
+    if ppl_after is not None:
+        run.log(f"perplexity after recovery: {ppl_after:.3f} (before {ppl_before:.3f})")
+    return ppl_after
+
+
+def _resume(run: _Run, named: list, optimizer, resume: bool) -> _Progress:
+    """Training state from the output's checkpoint when there is one and ``resume``; a fresh start otherwise."""
+    cfg, ckpt_dir = run.cfg, run.ckpt_dir
     ckpt = load_checkpoint(ckpt_dir) if resume else None
-    if ckpt is not None and fsdp:
+    if ckpt is not None and run.fsdp:
         raise ShearHubError(f"checkpoint {ckpt_dir} cannot be resumed under FSDP; resume it without FSDP, "
                             "or add --no-resume to start over")
-    if ckpt is not None:
-        if ckpt.state.get("fingerprint") != fingerprint:
-            raise ShearHubError(f"checkpoint {ckpt_dir} was made with other settings or another model; re-run with "
-                                "the same arguments to resume it, or add --no-resume to start over")
-        params = dict(named)
-        with torch.no_grad():
-            for name, value in ckpt.adapter.items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(ckpt.optimizer)
-        set_rng_state(ckpt.rng)
-        start, curve, train_s, resumed_from = ckpt.step, ckpt.state.get("curve", []), ckpt.state.get("train_s", 0.0), ckpt.step
-        _log(accelerator, f"resuming from checkpoint at step {start}/{cfg.steps} ({ckpt_dir})")
-    elif not resume and accelerator.is_main_process:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if ckpt is None:
+        if not resume and run.accelerator.is_main_process:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return _Progress()
+    if ckpt.state.get("fingerprint") != run.fingerprint:
+        raise ShearHubError(f"checkpoint {ckpt_dir} was made with other settings or another model; re-run with "
+                            "the same arguments to resume it, or add --no-resume to start over")
+    params = dict(named)
+    with torch.no_grad():
+        for name, value in ckpt.adapter.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(ckpt.optimizer)
+    set_rng_state(ckpt.rng)
+    run.log(f"resuming from checkpoint at step {ckpt.step}/{cfg.steps} ({ckpt_dir})")
+    return _Progress(ckpt.step, ckpt.state.get("curve", []), ckpt.state.get("train_s", 0.0), ckpt.step)
 
+
+def _prepare(run: _Run, peft_model, optimizer, trainable: int):
+    """The model and optimizer wrapped by accelerate (DDP, or FSDP with the optimizer built on each rank's shards)."""
+    cfg, accelerator = run.cfg, run.accelerator
     peft_model.train()
-    if fsdp:  # wrap first, then build the optimizer on each rank's shards of the LoRA parameters
+    if run.fsdp:  # wrap first, then build the optimizer on each rank's shards of the LoRA parameters
         wrapped = accelerator.prepare(peft_model)
         optimizer = accelerator.prepare(torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad],
                                                           lr=cfg.lr, weight_decay=cfg.weight_decay))
         _keep_cpu_fsdp(accelerator)
     else:
         wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
-    _log(accelerator, f"LoRA r={cfg.lora_rank} on {cfg.target_modules}: {trainable:,} trainable parameters; "
-         f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens on {world} process(es), {accelerator.device}"
-         + (f"; distilling from {cfg.teacher} (alpha {cfg.kd_alpha}, T {cfg.kd_temperature})" if teacher else ""))
+    run.log(f"LoRA r={cfg.lora_rank} on {cfg.target_modules}: {trainable:,} trainable parameters; "
+            f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens on {run.world} process(es), "
+            f"{accelerator.device}" + (f"; distilling from {cfg.teacher} (alpha {cfg.kd_alpha}, T {cfg.kd_temperature})"
+                                       if run.teacher else ""))
+    return wrapped, optimizer
 
+
+def _train(run: _Run, wrapped, optimizer, progress: _Progress) -> None:
+    """The training loop from ``progress.start``: a curve point every --log-every steps, a checkpoint every
+    --save-every steps."""
+    cfg = run.cfg
     sums = torch.zeros(3)  # loss, lm, kd since the last log line
     count = 0
-    t_start = time.perf_counter() - train_s
-    for step in range(start, cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        ids = step_windows(tokens, cfg, step)[accelerator.process_index :: world].to(accelerator.device)
-        logits = wrapped(input_ids=ids, use_cache=False).logits
-        teacher_logits = None
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_logits = teacher(input_ids=ids, use_cache=False).logits
-        loss, lm, kd = mixed_loss(logits, ids, teacher_logits, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
-        accelerator.backward(loss)
-        if cfg.max_grad_norm:
-            if fsdp:
-                _keep_cpu_fsdp(accelerator)  # FSDP's clip: the norm over all ranks' shards
-            accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        parts = torch.stack([loss.detach(), lm.detach(), kd.detach() if kd is not None else torch.zeros(())]).cpu()
-        sums += accelerator.reduce(parts.to(accelerator.device), reduction="mean").cpu()
+    t_start = time.perf_counter() - progress.train_s
+    for step in range(progress.start, cfg.steps):
+        sums += _train_step(run, wrapped, optimizer, step)
         count += 1
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0):
-            avg = (sums / count).tolist()
-            point = {"step": done, "loss": round(avg[0], 5), "lm_loss": round(avg[1], 5),
-                     "lr": round(lr_at(cfg, step), 8), "elapsed_s": round(time.perf_counter() - t_start, 1)}
-            if teacher is not None:
-                point["kd_loss"] = round(avg[2], 5)
-            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps and eval_text is not None:
-                value = measure(accelerator.unwrap_model(wrapped))
-                if value is not None:
-                    point["eval_ppl"] = round(value, 4)
-                wrapped.train()
-                accelerator.wait_for_everyone()
-            curve.append(point)
+            progress.curve.append(_curve_point(run, wrapped, (sums / count).tolist(), step, t_start))
             sums.zero_()
             count = 0
-            _log(accelerator, f"step {done}/{cfg.steps} loss {avg[0]:.4f} (lm {avg[1]:.4f}"
-                 + (f", kd {avg[2]:.4f}" if teacher is not None else "") + f") lr {point['lr']:.2e} "
-                 f"{point['elapsed_s']:.0f}s" + (f" eval ppl {point['eval_ppl']:.3f}" if "eval_ppl" in point else ""))
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            if accelerator.is_main_process:
-                unwrapped = accelerator.unwrap_model(wrapped)
-                adapter = {n: p.detach() for n, p in unwrapped.named_parameters() if p.requires_grad}
-                base_opt = getattr(optimizer, "optimizer", optimizer)
-                state = {"fingerprint": fingerprint, "curve": curve, "train_s": time.perf_counter() - t_start,
-                         "steps": cfg.steps}
-                path = save_checkpoint(ckpt_dir, Checkpoint(done, adapter, base_opt.state_dict(), rng_state(), state))
-                _log(accelerator, f"checkpoint saved at step {done} ({path})")
-            accelerator.wait_for_everyone()
-    timings["train"] = time.perf_counter() - t_start
+            _checkpoint(run, wrapped, optimizer, done, progress.curve, t_start)
+    run.timings["train"] = time.perf_counter() - t_start
 
-    if fsdp:
-        peft_model = _gather_fsdp(accelerator, wrapped, model, lora, cfg, trust_remote_code)
-    else:
-        peft_model = accelerator.unwrap_model(wrapped)
-    if peft_model is not None:
-        peft_model.eval()
-    ppl_after = None
-    if eval_text is not None:
-        t = time.perf_counter()
-        ppl_after = measure(peft_model)
-        timings["eval_after"] = time.perf_counter() - t
-        if ppl_after is not None:
-            _log(accelerator, f"perplexity after recovery: {ppl_after:.3f} (before {ppl_before:.3f})")
 
+def _train_step(run: _Run, wrapped, optimizer, step: int) -> torch.Tensor:
+    """One optimizer step on this process's share of the step's windows; the (loss, lm, kd) mean over processes."""
+    cfg, accelerator = run.cfg, run.accelerator
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(cfg, step)
+    ids = step_windows(run.tokens, cfg, step)[accelerator.process_index :: run.world].to(accelerator.device)
+    logits = wrapped(input_ids=ids, use_cache=False).logits
+    teacher_logits = None
+    if run.teacher is not None:
+        with torch.no_grad():
+            teacher_logits = run.teacher(input_ids=ids, use_cache=False).logits
+    loss, lm, kd = mixed_loss(logits, ids, teacher_logits, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+    accelerator.backward(loss)
+    if cfg.max_grad_norm:
+        if run.fsdp:
+            _keep_cpu_fsdp(accelerator)  # FSDP's clip: the norm over all ranks' shards
+        accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    parts = torch.stack([loss.detach(), lm.detach(), kd.detach() if kd is not None else torch.zeros(())]).cpu()
+    return accelerator.reduce(parts.to(accelerator.device), reduction="mean").cpu()
+
+
+def _curve_point(run: _Run, wrapped, avg: list[float], step: int, t_start: float) -> dict:
+    """The loss curve's point after ``step`` (averages since the last point), with --eval-every's perplexity."""
+    cfg, done = run.cfg, step + 1
+    point = {"step": done, "loss": round(avg[0], 5), "lm_loss": round(avg[1], 5),
+             "lr": round(lr_at(cfg, step), 8), "elapsed_s": round(time.perf_counter() - t_start, 1)}
+    if run.teacher is not None:
+        point["kd_loss"] = round(avg[2], 5)
+    if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps and run.eval_text is not None:
+        value = run.measure(run.accelerator.unwrap_model(wrapped))
+        if value is not None:
+            point["eval_ppl"] = round(value, 4)
+        wrapped.train()
+        run.accelerator.wait_for_everyone()
+    run.log(f"step {done}/{cfg.steps} loss {avg[0]:.4f} (lm {avg[1]:.4f}"
+            + (f", kd {avg[2]:.4f}" if run.teacher is not None else "") + f") lr {point['lr']:.2e} "
+            f"{point['elapsed_s']:.0f}s" + (f" eval ppl {point['eval_ppl']:.3f}" if "eval_ppl" in point else ""))
+    return point
+
+
+def _checkpoint(run: _Run, wrapped, optimizer, done: int, curve: list[dict], t_start: float) -> None:
+    accelerator = run.accelerator
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(wrapped)
+        adapter = {n: p.detach() for n, p in unwrapped.named_parameters() if p.requires_grad}
+        base_opt = getattr(optimizer, "optimizer", optimizer)
+        state = {"fingerprint": run.fingerprint, "curve": curve, "train_s": time.perf_counter() - t_start,
+                 "steps": run.cfg.steps}
+        path = save_checkpoint(run.ckpt_dir, Checkpoint(done, adapter, base_opt.state_dict(), rng_state(), state))
+        run.log(f"checkpoint saved at step {done} ({path})")
+    accelerator.wait_for_everyone()
+
+
+def _recovery_section(run: _Run, source, command: str | None, trainable: int, progress: _Progress,
+                      ppl_before: float | None, ppl_after: float | None) -> dict:
+    """The report's "recovery": settings, data, processes, the loss curve, timings and the perplexity measured."""
+    from ..evaluation.report import data_label
+
+    cfg = run.cfg
     recovery = {
-        "method": "lora" + ("+distillation" if teacher is not None else ""),
+        "method": "lora" + ("+distillation" if run.teacher is not None else ""),
         "command": command or command_line(),
         "input_model": str(source.spec),
         "merged": cfg.merge,
         "config": cfg.to_dict(),
         "data": data_label(cfg.data),
         "trainable_params": trainable,
-        "processes": world,
-        **({"sharding": "fsdp"} if fsdp else {}),
-        "device": str(accelerator.device),
+        "processes": run.world,
+        **({"sharding": "fsdp"} if run.fsdp else {}),
+        "device": str(run.accelerator.device),
         "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
-        "resumed_from_step": resumed_from,
-        "curve": curve,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "resumed_from_step": progress.resumed_from,
+        "curve": progress.curve,
+        "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
     }
-    if eval_text is not None:
+    if run.eval_text is not None:
         recovery["perplexity_eval"] = {"data": data_label(cfg.eval_data), "seq_len": cfg.eval_seq_len,
                                        "windows": cfg.eval_windows}
         recovery["perplexity_before"] = None if ppl_before is None else round(ppl_before, 4)
         recovery["perplexity_after"] = None if ppl_after is None else round(ppl_after, 4)
-    report = dict(report)
-    report["recovery"] = recovery
-    held = (report.get("evaluation") or {}).get("heldout_perplexity")
-    if isinstance(held, dict) and "stage" not in held:  # prune's numbers describe the model before this training
-        report["evaluation"] = {**report["evaluation"],
-                                "heldout_perplexity": {**held, "stage": "after pruning, before recovery"}}
-    if ppl_after is not None:
-        evaluation = dict(report.get("evaluation") or {})
-        evaluation["perplexity"] = {"data": data_label(cfg.eval_data), "seq_len": cfg.eval_seq_len,
-                                    "windows": cfg.eval_windows, "value": round(ppl_after, 4)}
-        report["evaluation"] = evaluation
-
-    if accelerator.is_main_process:
-        t = time.perf_counter()
-        if cfg.merge:
-            _save_merged(peft_model, tokenizer, out, report, overwrite, base_dtype(source) or cfg.dtype)
-        else:
-            _save_adapter(peft_model, tokenizer, out, report, overwrite, source)
-        recovery["timings_s"]["save"] = round(time.perf_counter() - t, 2)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the checkpoint is no longer needed
-        _log(accelerator, f"wrote {'merged model' if cfg.merge else 'LoRA adapter'} -> {out}")
-    accelerator.wait_for_everyone()
-    return RecoveryResult(out, report, resumed_from)
+    return recovery
 
 
 def _gather_fsdp(accelerator, wrapped, model: str, lora, cfg: RecoveryConfig, trust_remote_code: bool):
@@ -361,7 +465,22 @@ def _gather_fsdp(accelerator, wrapped, model: str, lora, cfg: RecoveryConfig, tr
     return peft_model.to(accelerator.device)
 
 
-def _save_merged(peft_model, tokenizer, out: Path, report: dict, overwrite: bool, save_dtype: str) -> None:
+def _save(peft_model, tokenizer, out: Path, report: PruningReport, overwrite: bool, source, cfg: RecoveryConfig) -> None:
+    """The merged model or the adapter. recovery.timings_s["save"] is recorded just before the report is written, so
+    the file and the returned report are equal."""
+    started = time.perf_counter()
+
+    def record_save_time(written: PruningReport) -> None:
+        written.recovery["timings_s"]["save"] = round(time.perf_counter() - started, 2)
+
+    if cfg.merge:
+        _save_merged(peft_model, tokenizer, out, report, overwrite, base_dtype(source) or cfg.dtype, record_save_time)
+    else:
+        _save_adapter(peft_model, tokenizer, out, report, overwrite, source, record_save_time)
+
+
+def _save_merged(peft_model, tokenizer, out: Path, report: PruningReport, overwrite: bool, save_dtype: str,
+                 before_report) -> None:
     """The merged model in ``save_dtype``: the input folder's own dtype, so a bf16 pruned model stays bf16."""
     from ..export import save_model_folder
     from ..loading import parse_dtype
@@ -371,10 +490,11 @@ def _save_merged(peft_model, tokenizer, out: Path, report: dict, overwrite: bool
     cast_weights(merged, parse_dtype(save_dtype))
     # The config must not remember the input folder as its name (it is the output now).
     merged.config.name_or_path = out.name
-    save_model_folder(merged, tokenizer, out, report, overwrite=overwrite)
+    save_model_folder(merged, tokenizer, out, report, overwrite=overwrite, before_report=before_report)
 
 
-def _save_adapter(peft_model, tokenizer, out: Path, report: dict, overwrite: bool, source) -> None:
+def _save_adapter(peft_model, tokenizer, out: Path, report: PruningReport, overwrite: bool, source,
+                  before_report) -> None:
     """A peft adapter folder whose base is the pruned model folder (AutoPeftModelForCausalLM loads it)."""
     base = Path(source.path)
     base_ref = str(base.resolve()) if base.exists() else source.path
@@ -385,6 +505,7 @@ def _save_adapter(peft_model, tokenizer, out: Path, report: dict, overwrite: boo
         tokenizer.save_pretrained(tmp)
         for pickle in tmp.glob("*.bin"):
             pickle.unlink()
+        before_report(report)
         write_report(tmp, report)
         (tmp / "README.md").write_text(
             f"# LoRA adapter for `{base_ref}`\n\nRecovered with shear-hub (not merged). Load it with\n\n"

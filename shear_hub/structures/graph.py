@@ -115,6 +115,11 @@ class StructureGraph:
         return int(self.group_sizes()[i])
 
 
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters of a model, tied weights counted once (``parameters()`` yields a shared tensor once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def zero_groups(model: torch.nn.Module, groups: list[Group]) -> None:
     """Zero every slice of ``groups`` in place: the dense reference for masked-equivalence tests, and the way
     iterative methods take structures out before surgery."""

@@ -25,17 +25,26 @@ from ..base import group_scores
 from .lora_groups import lora_parameters, lora_scaling, peft_names
 
 
+def _group_dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """<a_g, b_g> for group vectors given one tensor per group."""
+    return torch.stack([torch.dot(x.flatten(), y.flatten()) for x, y in zip(a, b)])
+
+
+def half_space_crossed(previous, trial, epsilon: float, dots=_group_dots) -> torch.Tensor:
+    """HSPG's half-space test: the mask of groups whose trial point left {z : <z, x_g> >= epsilon ||x_g||^2} around
+    their previous point x_g, i.e. <trial_g, previous_g> < epsilon * <previous_g, previous_g>. ``dots(a, b)`` gives
+    the per-group inner products: one tensor per group by default, ``GroupVectors.dots`` on its snapshots in LHSPG."""
+    return dots(trial, previous) < epsilon * dots(previous, previous)
+
+
 def half_space_project(previous: list[torch.Tensor], trial: list[torch.Tensor], epsilon: float
                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """HSPG's projection on group vectors: trial_g -> 0 where <trial_g, previous_g> < epsilon * ||previous_g||^2.
     Returns the projected vectors and the mask of groups set to zero."""
-    zeroed = []
-    out = []
-    for x, x_hat in zip(previous, trial):
-        cross = bool(torch.dot(x_hat.flatten(), x.flatten()) < epsilon * torch.dot(x.flatten(), x.flatten()))
-        zeroed.append(cross)
-        out.append(torch.zeros_like(x_hat) if cross else x_hat)
-    return out, torch.tensor(zeroed, dtype=torch.bool)
+    if not previous:
+        return [], torch.zeros(0, dtype=torch.bool)
+    zeroed = half_space_crossed(previous, trial, epsilon)
+    return [torch.zeros_like(x_hat) if z else x_hat for x_hat, z in zip(trial, zeroed.tolist())], zeroed
 
 
 class SliceSet:
@@ -287,7 +296,7 @@ class LHSPG:
                 active.scale(self.model, (T - t - 1) / (T - t))  # linear fade: exactly zero after the last step
                 if new and t < T - 1:  # the last step's fade to zero is the schedule, not a projection
                     trial = vectors.snapshot()
-                    cross = vectors.dots(trial, previous) < cfg.epsilon * vectors.dots(previous, previous)
+                    cross = half_space_crossed(previous, trial, cfg.epsilon, dots=vectors.dots)
                     cross &= ~projected
                     if cross.any():  # half-space projection: these groups are set to zero now
                         SliceSet([self.lora_groups[new[i]] for i in cross.nonzero().flatten().tolist()]).scale(self.model, 0.0)

@@ -23,6 +23,18 @@ Q, K, V, O, GATE, UP, DOWN = "q", "k", "v", "o", "gate", "up", "down"
 NORM, EMBED, LM_HEAD, FIXED = "norm", "embed", "lm_head", "fixed"
 ATTN_ROLES = (Q, K, V, O)
 MLP_ROLES = (GATE, UP, DOWN)
+_NOT_STOCK_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")  # set by the stock class
+
+
+def stock_config(cfg, config_name: str, architecture: str, drop: tuple[str, ...] = (), **overrides):
+    """``cfg``'s values (minus ``drop`` and the keys the stock class sets itself) in the transformers config class
+    ``config_name``, its ``architectures`` set to ``[architecture]``; ``overrides`` win over ``cfg``'s values."""
+    import transformers
+
+    values = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_STOCK_KEYS and k not in drop}
+    out = getattr(transformers, config_name)(**{**values, **overrides})
+    out.architectures = [architecture]
+    return out
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,8 @@ class DecoderAdapter:
     norm_eps_field = "rms_norm_eps"
     supported_kinds = (HEADS, QHEADS, MLP, HIDDEN, LAYERS, ATTN_BLOCKS, MLP_BLOCKS)
     per_layer_model_type: str = ""  # e.g. "shear_llama"
+    stock_config_name: str = ""  # the uniform layout's transformers config class, e.g. "MistralConfig"
+    stock_architecture: str = ""  # and its architectures entry, e.g. "MistralForCausalLM"
     unsupported_reasons: dict[str, str] = {}  # kind -> why this family cannot remove it (shown in the error)
 
     def __init__(self, model: torch.nn.Module):
@@ -289,6 +303,9 @@ class DecoderAdapter:
         return self.stock_config_for(cfg)
 
     def stock_config_for(self, cfg):
+        """``cfg`` as the stock config the family declares (``stock_config_name``); without one, ``cfg`` validated."""
+        if self.stock_config_name:
+            return stock_config(cfg, self.stock_config_name, self.stock_architecture)
         cfg.validate()
         return cfg
 

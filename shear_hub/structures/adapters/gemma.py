@@ -39,17 +39,12 @@ class Gemma2Adapter(DecoderAdapter):
         return super().rescale_for_hidden(role, tensor, factor, tied)
 
     def stock_config_for(self, cfg):
-        import transformers
-
         if cfg.hidden_size % cfg.num_attention_heads:
             raise ShearHubError(
                 f"{self.stock_architecture} configs require hidden_size ({cfg.hidden_size}) divisible by the head "
                 f"count ({cfg.num_attention_heads}); use --layout per-layer or prune heads to a divisor"
             )
-        values = {k: v for k, v in cfg.to_dict().items() if k not in ("model_type", "architectures", "auto_map", "transformers_version")}
-        out = getattr(transformers, self.stock_config_name)(**values)
-        out.architectures = [self.stock_architecture]
-        return out
+        return super().stock_config_for(cfg)
 
 
 class Gemma3TextAdapter(Gemma2Adapter):

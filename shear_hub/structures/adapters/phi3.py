@@ -13,6 +13,8 @@ from ..graph import LayerDims
 class Phi3Adapter(DecoderAdapter):
     model_types = ("phi3", "shear_phi3")
     per_layer_model_type = "shear_phi3"
+    stock_config_name = "Phi3Config"
+    stock_architecture = "Phi3ForCausalLM"
     module_roles = {
         "self_attn.qkv_proj": Q, "self_attn.o_proj": O, "mlp.gate_up_proj": GATE, "mlp.down_proj": DOWN,
         "input_layernorm": NORM, "post_attention_layernorm": NORM,
@@ -41,11 +43,3 @@ class Phi3Adapter(DecoderAdapter):
         if role.role == GATE and not role.is_bias and n:  # gate | up rows
             return 2 * d.intermediate_size * H
         return n
-
-    def stock_config_for(self, cfg):
-        from transformers import Phi3Config
-
-        values = {k: v for k, v in cfg.to_dict().items() if k not in ("model_type", "architectures", "auto_map", "transformers_version")}
-        out = Phi3Config(**values)
-        out.architectures = ["Phi3ForCausalLM"]
-        return out
