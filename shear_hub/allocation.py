@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from .errors import ShearHubError
+from .structures.dims import DimsTracker
 from .structures.graph import ATTN_BLOCKS, HEADS, HIDDEN, LAYERS, MLP, MLP_BLOCKS, QHEADS, Group, StructureGraph
-from .surgery import DimsTracker
 
 PER_LAYER_KINDS = (HEADS, QHEADS, MLP)
 FINEST_FIRST = (MLP, QHEADS, HEADS, HIDDEN, LAYERS)

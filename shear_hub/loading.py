@@ -97,10 +97,11 @@ def _card_metadata(path: Path) -> tuple[str | None, str | None]:
 
 def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
     """Load (model, tokenizer, source). Only safetensors are read; remote code only when asked."""
-    import shear_hub  # noqa: F401  registers the per-layer architectures with the Auto classes
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .modeling import causal_lm_class_for
+    from .modeling import causal_lm_class_for, register_auto_classes
+
+    register_auto_classes()  # the per-layer architectures, with the Auto classes (idempotent)
 
     source = resolve_source(spec)
     torch_dtype = parse_dtype(dtype)

@@ -34,7 +34,9 @@ def device_map_for(config, cap: dict, dtype: torch.dtype, trust_remote_code: boo
     from accelerate.utils import infer_auto_device_map
     from transformers import AutoModelForCausalLM
 
-    import shear_hub  # noqa: F401  registers the per-layer architectures
+    from .modeling import register_auto_classes
+
+    register_auto_classes()  # the per-layer architectures, for AutoModelForCausalLM.from_config (idempotent)
 
     with init_empty_weights():
         meta = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -184,7 +186,7 @@ class CappedRun:
         stage.mkdir()
         chunks: OrderedDict = OrderedDict()
         for name, _ in dense.named_parameters():  # tied weights once, as in the dense state dict's slices
-            role = adapter.roles.get(name)
+            role = graph.role(name)
             if role is not None:
                 chunks.setdefault(role.layer, []).append(name)
         weight_map: dict[str, str] = {}

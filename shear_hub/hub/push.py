@@ -183,14 +183,43 @@ def push_folder(
     With ``create_pr`` the commit opens a pull request against ``revision`` (default main) and the PR URL is
     returned.
     """
+    from huggingface_hub import HfApi, constants
+
+    folder = Path(folder).expanduser()
+    files = _files_to_push(folder, repo_type)
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    api = HfApi(endpoint=endpoint, token=token)
+    transport_errors = _transport_errors()
+    repo_id = _full_repo_id(api, repo_id, endpoint, transport_errors)
+    base = revision or constants.DEFAULT_REVISION
+    remote_paths = _prepare_repo(api, folder, repo_id, repo_type=repo_type, private=private, base=base,
+                                 endpoint=endpoint, transport_errors=transport_errors)
+    operations = _commit_operations(files, remote_paths)
+    message = commit_message or f"Upload {folder.name} with shear-hub"
+    info = _create_commit(api, repo_id, operations, files, message=message, repo_type=repo_type, base=base,
+                          create_pr=create_pr, endpoint=endpoint, token=token, transport_errors=transport_errors)
+    try:
+        verify_remote(api, folder, repo_id, repo_type=repo_type, revision=info.oid, files=files)
+    except transport_errors as err:
+        raise _http_error(err, f"cannot verify {repo_id} after upload", endpoint) from None
+    if create_pr and info.pr_url:
+        return info.pr_url
+    return repo_url(endpoint, repo_type, repo_id, revision)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The errors a Hub call raises for network / HTTP trouble (mapped to one-line messages by ``_http_error``)."""
     try:
         import httpx2 as httpx  # the HTTP client of huggingface_hub >= 2
     except ImportError:  # huggingface_hub 1.x uses httpx
         import httpx
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    folder = Path(folder).expanduser()
+    return (HfHubHTTPError, httpx.HTTPError, OSError)
+
+
+def _files_to_push(folder: Path, repo_type: str) -> list[LocalFile]:
+    """The folder's files, after checking that it is a folder with files and that the repo type is known."""
     if not folder.is_dir():
         raise ShearHubError(f"{folder} is not a folder; give the path of a model folder to push")
     if repo_type not in REPO_TYPES:
@@ -198,36 +227,55 @@ def push_folder(
     files = local_files(folder)
     if not files:
         raise ShearHubError(f"{folder} has no files to push; point at a model folder")
-    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-    api = HfApi(endpoint=endpoint, token=token)
-    transport_errors = (HfHubHTTPError, httpx.HTTPError, OSError)
+    return files
 
-    if "/" not in repo_id:  # bare name: the Hub puts it in the token owner's namespace
+
+def _full_repo_id(api, repo_id: str, endpoint: str, transport_errors: tuple) -> str:
+    """``namespace/name``: a bare name goes to the token owner's namespace (as the Hub does); then validated."""
+    if "/" not in repo_id:
         try:
             repo_id = f"{api.whoami()['name']}/{repo_id}"
         except transport_errors as err:
             raise _http_error(err, "cannot find your user name for a bare REPO_ID", endpoint) from None
     if not is_hub_id(repo_id, namespace=True):
         raise ShearHubError(f"invalid REPO_ID {repo_id!r}; use namespace/name with letters, digits, '-', '_', '.'")
+    return repo_id
+
+
+def _prepare_repo(api, folder: Path, repo_id: str, *, repo_type: str, private: bool, base: str, endpoint: str,
+                  transport_errors: tuple) -> set[str]:
+    """Create the repo (and branch ``base``) when missing; return the paths the remote holds at ``base``."""
+    from huggingface_hub import constants
 
     try:
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
                         space_sdk=_space_sdk(folder) if repo_type == "space" else None)
     except transport_errors as err:
         raise _http_error(err, f"cannot create {repo_type} repo {repo_id}", endpoint) from None
-
-    base = revision or constants.DEFAULT_REVISION
     try:
         if base != constants.DEFAULT_REVISION:
             api.create_branch(repo_id, branch=base, repo_type=repo_type, exist_ok=True)
-        remote_paths = set(api.list_repo_files(repo_id, repo_type=repo_type, revision=base))
+        return set(api.list_repo_files(repo_id, repo_type=repo_type, revision=base))
     except transport_errors as err:
         raise _http_error(err, f"cannot read {repo_id}@{base}", endpoint) from None
+
+
+def _commit_operations(files: list[LocalFile], remote_paths: set[str]) -> list:
+    """Add every local file; delete every remote file the folder lacks (except ``.gitattributes``)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     local_paths = {f.path for f in files}
     operations: list = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.abspath)) for f in files]
     operations += [CommitOperationDelete(path_in_repo=p) for p in sorted(remote_paths - local_paths - {".gitattributes"})]
-    message = commit_message or f"Upload {folder.name} with shear-hub"
+    return operations
+
+
+def _create_commit(api, repo_id: str, operations: list, files: list[LocalFile], *, message: str, repo_type: str,
+                   base: str, create_pr: bool, endpoint: str, token: str | None, transport_errors: tuple):
+    """The one commit (its CommitInfo), through Xet or Git LFS as the server offers; errors as ShearHubError."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
     # Xet only when the server says it stores large files there; otherwise the LFS protocol, whatever is installed.
     use_xet = _client_wants_xet(constants) and server_offers_xet(
         repo_id, repo_type=repo_type, revision=base, endpoint=endpoint, token=token,
@@ -235,7 +283,7 @@ def push_folder(
     disabled = constants.HF_HUB_DISABLE_XET
     try:
         constants.HF_HUB_DISABLE_XET = disabled or not use_xet  # read by huggingface_hub at upload time
-        info = api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type,
+        return api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type,
                                  revision=base, create_pr=create_pr)
     except transport_errors as err:
         if use_xet and not isinstance(err, HfHubHTTPError):
@@ -248,11 +296,3 @@ def push_folder(
         raise ShearHubError(f"upload to {repo_id} failed: {str(err).splitlines()[0]}; fix the folder and re-run") from None
     finally:
         constants.HF_HUB_DISABLE_XET = disabled
-
-    try:
-        verify_remote(api, folder, repo_id, repo_type=repo_type, revision=info.oid, files=files)
-    except transport_errors as err:
-        raise _http_error(err, f"cannot verify {repo_id} after upload", endpoint) from None
-    if create_pr and info.pr_url:
-        return info.pr_url
-    return repo_url(endpoint, repo_type, repo_id, revision)

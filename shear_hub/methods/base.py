@@ -302,7 +302,7 @@ def costs_from_reduced(graph: StructureGraph, reduced: dict, totals: dict) -> to
 def prunable_weights(ctx: PruneContext) -> dict[str, torch.nn.Parameter]:
     """The 2-D weights that groups slice (linear projections, embeddings, head)."""
     params = dict(ctx.model.named_parameters())
-    return {n: params[n] for n, r in ctx.graph.adapter.roles.items() if n in params and params[n].dim() == 2}
+    return {n: params[n] for n in ctx.graph.param_names() if n in params and params[n].dim() == 2}
 
 
 def input_norms(ctx: PruneContext, names: list[str]) -> dict[str, torch.Tensor]:

@@ -114,6 +114,23 @@ class StructureGraph:
     def group_size(self, i: int) -> int:
         return int(self.group_sizes()[i])
 
+    # ----- parameter roles: what methods may ask of the adapter's roles --------------------------------------
+    def role(self, name: str):
+        """The ``ParamRole`` of parameter ``name``; None for a tensor without one (buffers)."""
+        return self.adapter.roles.get(name)
+
+    def param_names(self) -> list[str]:
+        """Every parameter the graph knows a role of (the model's parameters, tied ones once), in model order."""
+        return list(self.adapter.roles)
+
+    def projection_weights(self) -> list[str]:
+        """Names of the attention / MLP projection weights (not their biases), in model order."""
+        return [n for n, r in self.adapter.roles.items() if r.is_projection and not r.is_bias]
+
+    def projection_modules(self) -> list[str]:
+        """Module names inside a decoder layer (``self_attn.q_proj`` ...) of the attention / MLP projections."""
+        return self.adapter.projection_modules()
+
 
 def count_params(model: torch.nn.Module) -> int:
     """Parameters of a model, tied weights counted once (``parameters()`` yields a shared tensor once)."""

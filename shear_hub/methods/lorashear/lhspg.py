@@ -19,8 +19,8 @@ from collections import defaultdict
 import torch
 
 from ...allocation import allocate
+from ...structures.dims import DimsTracker
 from ...structures.graph import WHOLE, Group, StructureGraph
-from ...surgery import DimsTracker
 from ..base import group_scores
 from .lora_groups import lora_parameters, lora_scaling, peft_names
 

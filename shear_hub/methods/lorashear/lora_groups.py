@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import ShearHubError
-from ...structures.adapters.base import ATTN_ROLES, MLP_ROLES
 from ...structures.graph import WHOLE, Group, StructureGraph, TensorSlice
 
 ADAPTER_NAME = "default"
@@ -32,8 +31,7 @@ class PeftNames:
 
 def lora_target_modules(graph: StructureGraph) -> list[str]:
     """Module names of every attention / MLP projection weight (the paper puts LoRA on all of them)."""
-    return sorted(n.removesuffix(".weight") for n, r in graph.adapter.roles.items()
-                  if (r.role in ATTN_ROLES or r.role in MLP_ROLES) and not r.is_bias)
+    return sorted(n.removesuffix(".weight") for n in graph.projection_weights())
 
 
 def attach_lora(model: torch.nn.Module, graph: StructureGraph, rank: int, alpha: float):

@@ -140,7 +140,7 @@ class LoRAShearMethod(PruningMethod):
         if not cfg.recovery or cfg.recovery_rounds == 0 or data is None:
             ctx.report["stage4_recovery"] = {"skipped": True}
             return
-        report = dynamic_recovery(pruned, ctx.graph.adapter, data["sources"], data["dense_loss"], cfg,
+        report = dynamic_recovery(pruned, ctx.graph, data["sources"], data["dense_loss"], cfg,
                                   ctx.batch_size, data["seq_len"], ctx.seed, self._log(ctx))
         for p in pruned.parameters():
             p.requires_grad_(True)

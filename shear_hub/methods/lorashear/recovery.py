@@ -22,7 +22,6 @@ from collections.abc import Callable
 import torch
 
 from ...data import builtin_calibration_text, sequential_windows, tokenize_text
-from ...structures.adapters.base import ATTN_ROLES, MLP_ROLES
 from ...recovery.config import RecoveryConfig
 from ...recovery.trainer import lr_at
 from .data import TokenSource
@@ -82,8 +81,9 @@ def recovery_sources(pretrain: TokenSource, tokenizer, seq_len: int, cfg) -> tup
 
 
 def recovery_targets(model: torch.nn.Module, adapter) -> list[str]:
-    """peft target suffixes (``self_attn.q_proj`` ...) from the family adapter's module roles."""
-    wanted = [m for m, r in adapter.module_roles.items() if r in ATTN_ROLES or r in MLP_ROLES]
+    """peft target suffixes (``self_attn.q_proj`` ...): the projection modules that ``adapter`` (the family adapter,
+    or a StructureGraph) names and ``model`` holds as linear layers."""
+    wanted = adapter.projection_modules()
     present = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     return [m for m in wanted if any(n.endswith("." + m) for n in present)]
 
@@ -101,21 +101,16 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, TokenSo
                      cfg, batch_size: int, seq_len: int, seed: int, log=None,
                      on_round: Callable[[torch.nn.Module, int], None] | None = None) -> dict:
     """Fine-tune ``model`` in place (LoRA merged at the end); returns the round log for the report.
+    ``adapter`` names the projections LoRA goes on (the StructureGraph, or a family adapter: ``recovery_targets``).
     ``on_round(peft_model, round)`` runs after each round's deviation measurement (round 0 = before training), e.g.
     to evaluate other text per round (benchmarks/bench_lorashear_rounds.py); it must not train the model."""
-    from peft import LoraConfig, get_peft_model
-
     log = log or (lambda msg: None)
     t0 = time.perf_counter()
     device = next(model.parameters()).device
-    config = LoraConfig(r=cfg.recovery_rank, lora_alpha=cfg.recovery_alpha, lora_dropout=0.0, bias="none",
-                        target_modules=recovery_targets(model, adapter))
-    peft_model = get_peft_model(model, config)
-    lora = [p for n, p in peft_model.named_parameters() if p.requires_grad]
+    peft_model, lora = _attach_recovery_lora(model, adapter, cfg)
     optimizer = torch.optim.AdamW(lora, lr=cfg.recovery_lr, weight_decay=0.0)
-    total_steps = cfg.recovery_rounds * cfg.recovery_steps
-    schedule = RecoveryConfig(steps=total_steps, lr=cfg.recovery_lr, warmup_steps=cfg.recovery_warmup_steps,
-                              lora_rank=cfg.recovery_rank)
+    schedule = RecoveryConfig(steps=cfg.recovery_rounds * cfg.recovery_steps, lr=cfg.recovery_lr,
+                              warmup_steps=cfg.recovery_warmup_steps, lora_rank=cfg.recovery_rank)
     gen = torch.Generator().manual_seed(seed)
     names = list(sources)
 
@@ -133,23 +128,9 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, TokenSo
     stale = 0  # rounds since the worst source's gap last improved by recovery_min_delta
     for r in range(1, cfg.recovery_rounds + 1):
         mix = data_mix(current, names, cfg.recovery_temperature, cfg.recovery_min_share)
-        peft_model.train()
-        counts = {s: 0 for s in names}
-        losses = []
-        for _ in range(cfg.recovery_steps):
-            s = names[int(torch.multinomial(mix, 1, generator=gen))]
-            ids = sources[s].sample(batch_size, seq_len, gen).to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(schedule, step)
-            loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lora, cfg.recovery_max_grad_norm)
-            optimizer.step()
-            step += 1
-            optimizer.zero_grad(set_to_none=True)
-            counts[s] += 1
-            losses.append(float(loss.detach()))
-        peft_model.eval()
+        counts, losses = _train_round(peft_model, optimizer, lora, sources, mix, cfg, schedule, step, gen,
+                                      batch_size, seq_len, device)
+        step += cfg.recovery_steps
         current = gaps()
         worst = max(current.values())
         entry = {"round": r, "mix": {s: round(float(m), 4) for s, m in zip(names, mix)}, "steps": counts,
@@ -165,17 +146,67 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, TokenSo
         if stale >= cfg.recovery_patience:
             stopped = "deviation stopped improving"
             break
+    _merge_best(peft_model, model, lora, best_state)
+    return _recovery_log(rounds, stopped, best_worst, cfg, schedule, sources, dense_loss, batch_size, seq_len, t0)
+
+
+def _attach_recovery_lora(model: torch.nn.Module, adapter, cfg) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """(peft model, its trainable LoRA factors): LoRA of rank ``cfg.recovery_rank`` on every projection."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=cfg.recovery_rank, lora_alpha=cfg.recovery_alpha, lora_dropout=0.0, bias="none",
+                        target_modules=recovery_targets(model, adapter))
+    peft_model = get_peft_model(model, config)
+    return peft_model, [p for n, p in peft_model.named_parameters() if p.requires_grad]
+
+
+def _train_round(peft_model: torch.nn.Module, optimizer, lora: list[torch.nn.Parameter],
+                 sources: dict[str, TokenSource], mix: torch.Tensor, cfg, schedule: RecoveryConfig, step: int,
+                 gen: torch.Generator, batch_size: int, seq_len: int,
+                 device: torch.device) -> tuple[dict[str, int], list[float]]:
+    """One round of ``cfg.recovery_steps`` steps, each on a batch of a source drawn from ``mix``; ``step`` is the
+    global step the round starts at (for the schedule). Returns (steps per source, training losses)."""
+    names = list(sources)
+    peft_model.train()
+    counts = {s: 0 for s in names}
+    losses = []
+    for _ in range(cfg.recovery_steps):
+        s = names[int(torch.multinomial(mix, 1, generator=gen))]
+        ids = sources[s].sample(batch_size, seq_len, gen).to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(schedule, step)
+        loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lora, cfg.recovery_max_grad_norm)
+        optimizer.step()
+        step += 1
+        optimizer.zero_grad(set_to_none=True)
+        counts[s] += 1
+        losses.append(float(loss.detach()))
+    peft_model.eval()
+    return counts, losses
+
+
+def _merge_best(peft_model: torch.nn.Module, model: torch.nn.Module, lora: list[torch.nn.Parameter],
+                best_state: list[torch.Tensor]) -> None:
+    """Put the best round's LoRA factors back and merge them into ``model`` (in place)."""
     with torch.no_grad():
         for p, saved in zip(lora, best_state):
             p.copy_(saved)
     merged = peft_model.merge_and_unload()
     assert merged is model  # peft swaps modules back inside the same object
+
+
+def _recovery_log(rounds: list[dict], stopped: str, best_worst: float, cfg, schedule: RecoveryConfig,
+                  sources: dict[str, TokenSource], dense_loss: dict[str, float], batch_size: int, seq_len: int,
+                  t0: float) -> dict:
+    """The report's record of stage 4: rounds, the round kept, why it stopped, optimiser and sources."""
     best_round = min(rounds, key=lambda e: e["worst_gap"])["round"]
     return {"rounds": rounds, "best_round": best_round, "stopped": stopped,
             "optimizer": {"lora_rank": cfg.recovery_rank, "lora_alpha": cfg.recovery_alpha, "lr": cfg.recovery_lr,
                           "warmup_steps": schedule.warmup_steps, "schedule": "linear warm-up, cosine decay to 0.1 lr",
                           "max_grad_norm": cfg.recovery_max_grad_norm, "batch_size": batch_size, "seq_len": seq_len},
             "sources": {s: {"train_tokens": int(sources[s].train.numel()), "eval_windows": int(len(sources[s].held)),
-                            "dense_loss": round(dense_loss[s], 4)} for s in names},
+                            "dense_loss": round(dense_loss[s], 4)} for s in sources},
             "seconds": round(time.perf_counter() - t0, 1), "final_worst_gap": round(best_worst, 4),
             "note": None if math.isfinite(best_worst) else "non-finite loss gap"}

@@ -44,6 +44,11 @@ class ParamRole:
     is_bias: bool
     attn_fixed: bool = False  # a FIXED param that belongs to the attention block (e.g. Qwen3 q_norm)
 
+    @property
+    def is_projection(self) -> bool:
+        """An attention (q/k/v/o) or MLP (gate/up/down) projection's weight or bias."""
+        return self.role in ATTN_ROLES or self.role in MLP_ROLES
+
 
 class DecoderAdapter:
     """Llama-pattern decoder (q/k/v/o, gate/up/down, RMSNorm). Subclasses override names and config mapping."""
@@ -91,6 +96,10 @@ class DecoderAdapter:
 
     def extra_global_role(self, name: str) -> ParamRole | None:
         return None
+
+    def projection_modules(self) -> list[str]:
+        """Module names inside a decoder layer (``self_attn.q_proj`` ...) of the attention / MLP projections."""
+        return [m for m, r in self.module_roles.items() if r in ATTN_ROLES or r in MLP_ROLES]
 
     def layer_param(self, layer: int, role: str, bias: bool = False) -> str | None:
         for module, r in self.module_roles.items():
