@@ -156,8 +156,7 @@ class _Stages:
 
 def _instrument(device: str) -> _Stages:
     """Time the surgeon's K-FAC collection and factor inversions, split by phase (costs vs updates)."""
-    from shear_hub.methods.surgeon import method as surgeon_method
-    from shear_hub.methods.surgeon import obs
+    from shear_hub.methods.surgeon import obs, shots, structured
 
     stages = _Stages(device)
 
@@ -176,11 +175,13 @@ def _instrument(device: str) -> _Stages:
             return fn(*a, **k)
         return wrapper
 
-    surgeon_method.collect_kfac = timed(surgeon_method.collect_kfac, "collection")
+    # module attributes the surgeon looks up on every shot (shots.py, structured.py), so the wrappers take effect
+    shots.collect_kfac = timed(shots.collect_kfac, "collection")
     obs.spd_inverse = timed(obs.spd_inverse, "inversions")
-    cls = surgeon_method.SurgeonMethod
-    cls._score_structured = phase(cls._score_structured, "costs")
-    cls._update_structured = phase(cls._update_structured, "updates")
+    # a shot starts in its costs phase (collection + scoring); the decision opens its updates phase, whose
+    # collections (multi-pass) and inversions count as updates
+    structured.run_shot = phase(structured.run_shot, "costs")
+    structured._decide = phase(structured._decide, "updates")
     return stages
 
 

@@ -49,6 +49,93 @@ def _first_tensor(args, kwargs):
     return kwargs.get("hidden_states")
 
 
+def _input_hook(name: str, A: dict, alias: dict, seen: list, G: dict | None = None):
+    """Forward hook of linear ``name``: A[name] += x^T x over its input x. A linear fed the very tensor an earlier
+    one got in this batch (q/k/v) is aliased to it instead (``seen`` is cleared per batch). With ``G``, a gradient
+    hook on the output also adds G[name] += g^T g."""
+    def hook(mod, inputs, out):
+        x = inputs[0]
+        owner = next((n for t, n in seen if t is x), None)
+        if owner is not None and owner != name:
+            alias.setdefault(name, owner)
+        elif name not in alias:
+            seen.append((x, name))
+            xx = _outer(x.detach())
+            A[name] = A[name] + xx if name in A else xx
+        if G is not None and out.requires_grad:
+            def ghook(g):
+                gg = _outer(g.detach())
+                G[name] = G[name] + gg if name in G else gg
+            out.register_hook(ghook)
+    return hook
+
+
+def _start_grad(mod, args, kwargs):
+    """Pre-hook of the first hooked decoder layer: its input becomes a leaf that requires grad."""
+    h = _first_tensor(args, kwargs)
+    h = h.detach().requires_grad_(True)
+    if args:
+        return (h,) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs["hidden_states"] = h
+    return args, kwargs
+
+
+def _extras_hooks(f: Factors, embed: torch.nn.Module, head: torch.nn.Module) -> list:
+    """Hooks for the residual-channel extras: G of the embedding output (gradients start there) and A and the
+    squared input gradients of the LM head."""
+    def emb_hook(mod, inputs, out):
+        out = out.detach().requires_grad_(True)
+
+        def ghook(g):
+            gg = _outer(g.detach())
+            f.embed_G = gg if f.embed_G is None else f.embed_G + gg
+        out.register_hook(ghook)
+        return out
+
+    def head_hook(mod, inputs, out):
+        x = inputs[0]
+        xx = _outer(x.detach())
+        f.head_A = xx if f.head_A is None else f.head_A + xx
+        if x.requires_grad:
+            def ghook(g):
+                sq = g.detach().float().reshape(-1, g.shape[-1]).pow(2).sum(0)
+                f.head_gsq = sq if f.head_gsq is None else f.head_gsq + sq
+            x.register_hook(ghook)
+
+    return [embed.register_forward_hook(emb_hook), head.register_forward_hook(head_hook)]
+
+
+def _backward(model: torch.nn.Module, ids: torch.Tensor, fisher: str, generator: torch.Generator | None) -> None:
+    """One forward + backward pass of the summed next-token loss (the hooks accumulate the factors)."""
+    with torch.enable_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        flat = logits.reshape(-1, logits.shape[-1])
+        if fisher == "sampled":
+            with torch.no_grad():
+                labels = torch.multinomial(torch.softmax(flat, -1), 1, generator=generator).flatten()
+        else:
+            labels = ids[:, 1:].reshape(-1)
+        loss = torch.nn.functional.cross_entropy(flat, labels, reduction="sum")
+        if loss.requires_grad:
+            loss.backward()
+    del logits, flat, loss
+
+
+def _normalize(f: Factors, alias: dict[str, str]) -> None:
+    """Sums -> means over the tokens seen; aliased linears share their owner's A."""
+    n = max(f.tokens, 1)
+    for d in (f.A, f.G):
+        for k in d:
+            d[k] /= n
+    for name, owner in alias.items():
+        f.A[name] = f.A[owner]
+    for attr in ("embed_G", "token_freq", "head_A", "head_gsq"):
+        t = getattr(f, attr)
+        if t is not None:
+            setattr(f, attr, t / n)
+
+
 def collect_kfac(model: torch.nn.Module, batches, linears: dict[str, torch.nn.Linear], *,
                  first_layer: torch.nn.Module | None, fisher: str = "empirical", extras: bool = False,
                  embed: torch.nn.Module | None = None, head: torch.nn.Module | None = None,
@@ -61,61 +148,12 @@ def collect_kfac(model: torch.nn.Module, batches, linears: dict[str, torch.nn.Li
     f = Factors()
     alias: dict[str, str] = {}  # weight name -> weight name whose A it shares (same input tensor)
     batch_inputs: list[tuple[torch.Tensor, str]] = []  # held for the batch, so identity checks stay valid
-    hooks = []
-
-    def fwd(name):
-        def hook(mod, inputs, out):
-            x = inputs[0]
-            owner = next((n for t, n in batch_inputs if t is x), None)
-            if owner is not None and owner != name:
-                alias.setdefault(name, owner)
-            elif name not in alias:
-                batch_inputs.append((x, name))
-                xx = _outer(x.detach())
-                f.A[name] = f.A[name] + xx if name in f.A else xx
-            if out.requires_grad:
-                def ghook(g, name=name):
-                    gg = _outer(g.detach())
-                    f.G[name] = f.G[name] + gg if name in f.G else gg
-                out.register_hook(ghook)
-        return hook
-
-    for name, mod in linears.items():
-        hooks.append(mod.register_forward_hook(fwd(name)))
-
-    def start_grad(mod, args, kwargs):
-        h = _first_tensor(args, kwargs)
-        h = h.detach().requires_grad_(True)
-        if args:
-            return (h,) + tuple(args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = h
-        return args, kwargs
-
+    hooks = [mod.register_forward_hook(_input_hook(name, f.A, alias, batch_inputs, G=f.G))
+             for name, mod in linears.items()]
     if extras:
-        def emb_hook(mod, inputs, out):
-            out = out.detach().requires_grad_(True)
-
-            def ghook(g):
-                gg = _outer(g.detach())
-                f.embed_G = gg if f.embed_G is None else f.embed_G + gg
-            out.register_hook(ghook)
-            return out
-
-        def head_hook(mod, inputs, out):
-            x = inputs[0]
-            xx = _outer(x.detach())
-            f.head_A = xx if f.head_A is None else f.head_A + xx
-            if x.requires_grad:
-                def ghook(g):
-                    sq = g.detach().float().reshape(-1, g.shape[-1]).pow(2).sum(0)
-                    f.head_gsq = sq if f.head_gsq is None else f.head_gsq + sq
-                x.register_hook(ghook)
-
-        hooks.append(embed.register_forward_hook(emb_hook))
-        hooks.append(head.register_forward_hook(head_hook))
+        hooks.extend(_extras_hooks(f, embed, head))
     elif first_layer is not None:
-        hooks.append(first_layer.register_forward_pre_hook(start_grad, with_kwargs=True))
+        hooks.append(first_layer.register_forward_pre_hook(_start_grad, with_kwargs=True))
 
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
@@ -123,37 +161,17 @@ def collect_kfac(model: torch.nn.Module, batches, linears: dict[str, torch.nn.Li
     try:
         for ids in batches:
             batch_inputs.clear()
-            with torch.enable_grad():
-                logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-                flat = logits.reshape(-1, logits.shape[-1])
-                if fisher == "sampled":
-                    with torch.no_grad():
-                        labels = torch.multinomial(torch.softmax(flat, -1), 1, generator=generator).flatten()
-                else:
-                    labels = ids[:, 1:].reshape(-1)
-                loss = torch.nn.functional.cross_entropy(flat, labels, reduction="sum")
-                if loss.requires_grad:
-                    loss.backward()
+            _backward(model, ids, fisher, generator)
             f.tokens += ids.numel()
             if extras:
                 counts = torch.bincount(ids.flatten(), minlength=vocab).float()
                 f.token_freq = counts if f.token_freq is None else f.token_freq + counts
-            del logits, flat, loss
     finally:
         for h in hooks:
             h.remove()
         for n, p in model.named_parameters():
             p.requires_grad_(requires[n])
-    n = max(f.tokens, 1)
-    for d in (f.A, f.G):
-        for k in d:
-            d[k] /= n
-    for name, owner in alias.items():
-        f.A[name] = f.A[owner]
-    for attr in ("embed_G", "token_freq", "head_A", "head_gsq"):
-        t = getattr(f, attr)
-        if t is not None:
-            setattr(f, attr, t / n)
+    _normalize(f, alias)
     return f
 
 
@@ -204,28 +222,10 @@ class LayerwiseRunner:
     def collect_A(self, index: int, linears: dict[str, torch.nn.Linear], advance: bool = False) -> dict[str, torch.Tensor]:
         """A for the named linears of layer ``index`` over the cached inputs; ``advance`` replaces the cache with
         the layer's outputs (call again with advance after updating the layer)."""
-        layer = self.layers[index]
         A: dict[str, torch.Tensor] = {}
         alias: dict[str, str] = {}
         seen: list[tuple[torch.Tensor, str]] = []
-        hooks = []
-
-        def fwd(name):
-            def hook(mod, inputs, out):
-                x = inputs[0]
-                owner = next((n for t, n in seen if t is x), None)
-                if owner is not None and owner != name:
-                    alias.setdefault(name, owner)
-                    return
-                if name in alias:
-                    return
-                seen.append((x, name))
-                xx = _outer(x)
-                A[name] = A[name] + xx if name in A else xx
-            return hook
-
-        for name, mod in linears.items():
-            hooks.append(mod.register_forward_hook(fwd(name)))
+        hooks = [mod.register_forward_hook(_input_hook(name, A, alias, seen)) for name, mod in linears.items()]
         try:
             self.run(index, advance=advance, on_batch=seen.clear)
         finally:

@@ -1,0 +1,38 @@
+"""``curvature=layerwise``: G = I and A from calibration activations pushed through the decoder one layer at a time
+(``curvature.LayerwiseRunner``), so only one decoder layer and its factors need to be on the compute device."""
+
+from __future__ import annotations
+
+import time
+
+from .curvature import Factors, LayerwiseRunner
+from .state import SurgeonRun
+
+
+def layerwise_shot(run: SurgeonRun, n_matrices: int, score, decide, update, before_updates=None) -> float:
+    """Score every layer on the activations of the current model; decide; then update layer by layer, each layer's
+    A taken from the outputs of the already updated layers below. Returns the time the updates started."""
+    model = run.ctx.model
+    runner = LayerwiseRunner(model, run.decoder_layers, run.batches(), run.compute_device)
+    with run.stage("curvature and costs", run.n_layers, "layer") as bar:
+        for i in range(run.n_layers):
+            names = run.names([i])
+            A = runner.collect_A(i, {n: run.linears[n] for n in names}, advance=True)
+            f = Factors(A=A, tokens=runner.tokens)
+            if i == 0 and run.extras:
+                f.token_freq = run.token_freq()
+            run.peak_factor_bytes = max(run.peak_factor_bytes, f.nbytes())
+            score(names, f)
+            bar.update(1)
+    t1 = time.perf_counter()
+    decide()
+    if before_updates is not None:
+        before_updates()
+    runner = LayerwiseRunner(model, run.decoder_layers, run.batches(), run.compute_device)
+    with run.stage("weight updates", n_matrices, "matrix"):
+        for i in range(run.n_layers):
+            names = run.names([i])
+            A = runner.collect_A(i, {n: run.linears[n] for n in names}, advance=False)
+            run.apply(update(names, Factors(A=A, tokens=runner.tokens)))
+            runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
+    return t1

@@ -1,0 +1,111 @@
+"""``mode=unstructured`` and ``mode=2:4``: single weights are masked with the same curvature and OBS updates as
+structured mode; the model keeps its shapes (zeros inside) and no groups are removed."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+
+from ...errors import ShearHubError
+from . import obs
+from .curvature import Factors
+from .shots import run_shot
+from .state import SurgeonRun
+
+
+def select_masks(run: SurgeonRun) -> None:
+    """The shots of the mask modes; the masked weights are zero in ``ctx.model`` afterwards."""
+    ctx, cfg = run.ctx, run.config
+    masks = {n: torch.zeros(run.params[n].shape, dtype=torch.bool) for n in run.linears}
+    total = sum(m.numel() for m in masks.values())
+    frac = 0.5 if cfg.mode == "2:4" else ctx.params_to_remove / ctx.params_before
+    if cfg.mode == "2:4" and any(m.shape[1] % 4 for m in masks.values()):
+        raise ShearHubError("2:4 needs every projection's input size divisible by 4; use --option mode=unstructured")
+    run.extras = False
+    T = cfg.shots
+    for t in range(1, T + 1):
+        stored: dict[str, torch.Tensor] = {}  # weight costs of this shot, by weight name
+        goal = int(round(frac * total * t / T))
+        decide = _decide_unstructured if cfg.mode == "unstructured" else partial(_decide_two_four, last=t == T)
+        run_shot(run, partial(_score, run, stored), partial(decide, masks, stored, goal),
+                 partial(_update, run, masks))
+        run.shot_log[-1].update({"shot": t, "masked": sum(int(m.sum()) for m in masks.values())})
+    with torch.no_grad():
+        for n, m in masks.items():
+            run.params[n].masked_fill_(m.to(run.params[n].device), 0)
+    masked = sum(int(m.sum()) for m in masks.values())
+    ctx.report["mask_sparsity"] = round(masked / total, 6)
+    ctx.report["masked_weights"] = masked
+    ctx.report["note"] = (f"{cfg.mode} sparsity is a mask of zeros inside dense matrices: the saved model has the "
+                          "same shapes and size as the original; achieved_sparsity counts removed structures only")
+    run.report()
+
+
+def _inverses(run: SurgeonRun, name: str, f: Factors):
+    """Damped inverses of A and G (None: G = I) of weight ``name``."""
+    cfg = run.config
+    Ai = obs.damped_inverse(f.A[name], cfg.damp_a)
+    Gi = obs.damped_inverse(f.G[name], cfg.damp_g) if name in f.G else None
+    return Ai, Gi
+
+
+def _score(run: SurgeonRun, stored: dict[str, torch.Tensor], names, f: Factors) -> None:
+    for name in names:
+        W = run.params[name].detach().to(f.A[name].device, torch.float32)
+        Ai, Gi = _inverses(run, name, f)
+        stored[name] = obs.weight_costs(W, Gi, Ai).cpu()
+
+
+def _decide_unstructured(masks: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], goal: int) -> None:
+    """Mask the cheapest weights over all matrices until ``goal`` weights are masked."""
+    thr = _kth([c[~masks[n]] for n, c in stored.items()], goal - sum(int(m.sum()) for m in masks.values()))
+    for n, c in stored.items():
+        masks[n] |= c <= thr
+
+
+def _decide_two_four(masks: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], goal: int, *,
+                     last: bool) -> None:
+    """Mask the cheapest pair of every chosen block of 4 inputs until ``goal`` weights are masked (blocks already
+    masked stay as they are); the ``last`` shot makes every block 2:4."""
+    blocks = {}
+    for n, c in stored.items():
+        pick, bc = obs.two_four_blocks(c)
+        done = masks[n].reshape(c.shape[0], -1, 4).any(-1)
+        bc[done] = -math.inf
+        blocks[n] = (pick, bc)
+    thr = _kth([bc.flatten() for _, bc in blocks.values()], goal // 2)
+    for n, (pick, bc) in blocks.items():
+        done = masks[n].reshape(pick.shape[0], -1, 4).any(-1)
+        fresh = ((bc <= thr) | last) & ~done
+        masks[n] |= fresh.repeat_interleave(4, dim=1) & pick
+
+
+def _update(run: SurgeonRun, masks: dict[str, torch.Tensor], names, f: Factors) -> dict[str, torch.Tensor]:
+    cfg = run.config
+    out = {}
+    for name in run.each(names):  # minutes per matrix on CPU for large models: one tick each
+        dev = f.A[name].device
+        W = run.params[name].detach().to(dev, torch.float32)
+        Ai, Gi = _inverses(run, name, f)
+        mask = masks[name].to(dev)
+        if cfg.update:
+            out[name] = obs.remove_weights(W, Gi, Ai, mask, cfg.solve_chunk)
+        else:
+            out[name] = W.masked_fill(mask, 0)
+    return out
+
+
+def _kth(parts: list[torch.Tensor], k: int) -> float:
+    """The k-th smallest value over several tensors (exact below 5e7 values, else from a 2e7 random sample)."""
+    if k <= 0:
+        return -math.inf
+    total = sum(p.numel() for p in parts)
+    if total <= 5e7:
+        flat = torch.cat([p.flatten().float() for p in parts])
+        return float(flat.kthvalue(min(k, flat.numel())).values)
+    rate = 2e7 / total
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.cat([p.flatten()[torch.rand(p.numel(), generator=gen) < rate].float() for p in parts])
+    return float(sample.kthvalue(max(1, min(int(k * sample.numel() / total), sample.numel()))).values)
