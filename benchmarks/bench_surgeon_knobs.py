@@ -83,7 +83,7 @@ def main() -> None:
           "per text; chosen by calib held-out (8 x 256)")
     print("| sparsity | variant | removed | calib held-out (x dense) | " + " | ".join(names)
           + " | geo-mean | x dense | pydocs_eval | x dense | prune s |")
-    print("|" + "---|" * (len(names) + 10))
+    print("|" + "---|" * (len(names) + 9))
     for r in rows:
         cells = " | ".join(f"{r[n]:.2f}" for n in names)
         held = (f"{r['calib_heldout']:.2f} ({r['calib_heldout'] / r['calib_heldout_dense']:.3f})"
