@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .errors import ShearHubError
+from .io import check_not_input_or_existing
 
 # transformers model_type -> llama.cpp architecture
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
@@ -73,14 +74,7 @@ def _check_output(output: str | os.PathLike, overwrite: bool, inputs: tuple = ()
         raise ShearHubError(f"output {out.name} does not end in .gguf; name the file like model.gguf")
     if out.is_dir():
         raise ShearHubError(f"output {out} is a folder; give a file path like {out / 'model.gguf'}")
-    for source in inputs:
-        src = Path(source).expanduser()
-        if src.exists() and src.resolve() == out:
-            raise ShearHubError(f"output {out} is the input model; choose another --output")
-        if src.is_dir() and src.resolve() in out.parents:
-            raise ShearHubError(f"output {out} is inside the input model folder; choose a path outside it")
-    if out.exists() and not overwrite:
-        raise ShearHubError(f"output {out} already exists; use --overwrite to replace it or choose another --output")
+    check_not_input_or_existing(out, overwrite, inputs, what="output", instead="a path")
     return out
 
 

@@ -12,17 +12,23 @@ from pathlib import Path
 from .errors import ShearHubError
 
 
-def check_output_dir(output: str | os.PathLike, overwrite: bool, inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
-    """Refuse outputs that would clobber something, before any work starts."""
-    out = Path(output).expanduser().resolve()
+def check_not_input_or_existing(out: Path, overwrite: bool, inputs: tuple[str | os.PathLike, ...], *,
+                                what: str, instead: str) -> None:
+    """The refusals every output shares (folder or file): not the input, not inside it, not there unless asked."""
     for source in inputs:
         src = Path(source).expanduser()
         if src.exists() and src.resolve() == out:
-            raise ShearHubError(f"output folder {out} is the input model; choose another --output")
+            raise ShearHubError(f"{what} {out} is the input model; choose another --output")
         if src.exists() and src.resolve() in out.parents:
-            raise ShearHubError(f"output folder {out} is inside the input model folder; choose a folder outside it")
+            raise ShearHubError(f"{what} {out} is inside the input model folder; choose {instead} outside it")
     if out.exists() and not overwrite:
-        raise ShearHubError(f"output folder {out} already exists; use --overwrite to replace it or choose another --output")
+        raise ShearHubError(f"{what} {out} already exists; use --overwrite to replace it or choose another --output")
+
+
+def check_output_dir(output: str | os.PathLike, overwrite: bool, inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Refuse outputs that would clobber something, before any work starts."""
+    out = Path(output).expanduser().resolve()
+    check_not_input_or_existing(out, overwrite, inputs, what="output folder", instead="a folder")
     if out.exists() and not out.is_dir():
         raise ShearHubError(f"output path {out} exists and is not a folder; remove it or choose another --output")
     return out
