@@ -10,20 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_factory import save_tiny_model_folder
-from tiny_models import _CORPUS
-
 
 @pytest.fixture(scope="module")
-def pruned(tmp_path_factory):
-    from shear_hub.pruning import prune
-
-    root = tmp_path_factory.mktemp("eval")
-    save_tiny_model_folder(root / "dense", layers=2, intermediate=32)
-    prune(str(root / "dense"), root / "pruned", method="magnitude", sparsity=0.3, layout="per-layer",
-          structures="heads,mlp", progress=False, seq_len=16)
-    (root / "text.txt").write_text(" ".join(_CORPUS * 20))
-    return root
+def pruned(make_pruned_folders):
+    return make_pruned_folders("eval", layers=2, intermediate=32, layout="per-layer", pruned="pruned", text_repeats=20)
 
 
 def _run(capsys, *argv):

@@ -9,7 +9,7 @@ from importlib import resources
 
 import pytest
 
-from model_factory import save_tiny_model_folder, tiny_llama
+from model_factory import tiny_llama
 
 from shear_hub.data import BUILTIN_CALIB
 
@@ -79,14 +79,8 @@ def test_domain_perplexity_matches_perplexity_per_text_and_geometric_mean():
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    from shear_hub.pruning import prune
-
-    root = tmp_path_factory.mktemp("domains")
-    save_tiny_model_folder(root / "dense", layers=2, intermediate=32)
-    prune(str(root / "dense"), root / "pruned", method="magnitude", sparsity=0.3, layout="per-layer",
-          structures="heads,mlp", progress=False, seq_len=16)
-    return root
+def folders(make_pruned_folders):
+    return make_pruned_folders("domains", layers=2, intermediate=32, layout="per-layer", pruned="pruned")
 
 
 def _run(capsys, *argv):

@@ -17,9 +17,6 @@ import pytest
 import torch
 import yaml
 
-from model_factory import save_tiny_model_folder
-from tiny_models import _CORPUS
-
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -31,15 +28,9 @@ def _config() -> Path:
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    from shear_hub.pruning import prune
-
-    root = tmp_path_factory.mktemp("recover_fsdp")
-    save_tiny_model_folder(root / "dense", layers=3, intermediate=48)
-    prune(str(root / "dense"), root / "uniform", method="magnitude", sparsity=0.3, layout="uniform",
-          structures="heads,mlp", progress=False, seq_len=16)
-    (root / "text.txt").write_text(" ".join(_CORPUS * 30))
-    return root
+def folders(make_pruned_folders):
+    return make_pruned_folders("recover_fsdp", layers=3, intermediate=48, layout="uniform", pruned="uniform",
+                               text_repeats=30)
 
 
 def _launch(folders, out, *extra):

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from ..errors import ShearHubError
+from ..lora_trainer import LRSchedule
 
 # Settings that do not change the trained weights: a checkpoint made with other values still resumes.
 _NOT_FINGERPRINTED = ("save_every", "log_every", "eval_data", "eval_every", "eval_windows", "eval_seq_len", "merge")
@@ -63,6 +64,10 @@ class RecoveryConfig:
         for ok, message in checks:
             if not ok:
                 raise ShearHubError(message)
+
+    def schedule(self) -> LRSchedule:
+        """The learning rate per step: linear warm-up over warmup_steps, cosine decay to lr * min_lr_ratio."""
+        return LRSchedule(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio)
 
     def to_dict(self) -> dict:
         return asdict(self)

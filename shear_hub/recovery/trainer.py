@@ -3,7 +3,6 @@ dense teacher, data parallel through accelerate, checkpointed so that a killed r
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -19,6 +18,7 @@ from ..data import load_text, sample_windows, tokenize_text
 from ..errors import ShearHubError
 from ..io import atomic_output_dir, check_output_dir, clean_stale_temporaries
 from ..loading import load_model, resolve_source
+from ..lora_trainer import LoraTrainer, adamw, attach_lora
 from ..report import PruningReport, command_line, read_report, write_report
 from ..save_dtype import base_dtype
 from .checkpoint import Checkpoint, checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -38,11 +38,11 @@ def _log(accelerator, message: str) -> None:
         print(f"shear-hub recover: {message}", file=sys.stderr, flush=True)
 
 
-def _fsdp(accelerator) -> bool:
-    """Whether this run shards the model with FSDP (``accelerate launch --config_file <shear_hub/resources/accelerate/
-    fsdp.yaml>``). accelerate 1.x selects FSDP only for accelerator devices (its ``AcceleratorState`` leaves CPU
-    processes at MULTI_CPU); CPU processes on gloo (``--device cpu``, as in the tests) get it here, since torch's FSDP
-    itself runs on CPU."""
+def _fsdp(accelerator):
+    """(accelerator, whether this run shards the model with FSDP): ``accelerate launch --config_file
+    <shear_hub/resources/accelerate/fsdp.yaml>``. accelerate 1.x selects FSDP only for accelerator devices (its
+    ``AcceleratorState`` leaves CPU processes at MULTI_CPU); CPU processes on gloo (``--device cpu``, as in the tests)
+    get it here, since torch's FSDP itself runs on CPU: the accelerator comes back wrapped in ``_CpuFsdp``."""
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     state = accelerator.state
@@ -51,10 +51,9 @@ def _fsdp(accelerator) -> bool:
     elif (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
           and state.distributed_type == DistributedType.MULTI_CPU):
         state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables accelerate launch sets
-        accelerator._shear_hub_cpu_fsdp = True
-        _keep_cpu_fsdp(accelerator)
+        accelerator = _CpuFsdp(accelerator)
     else:
-        return False
+        return accelerator, False
     plugin = state.fsdp_plugin
     if plugin.fsdp_version != 1:
         raise ShearHubError("recover supports FSDP version 1 (fsdp_version: 1, as in shear_hub/resources/accelerate/"
@@ -62,28 +61,50 @@ def _fsdp(accelerator) -> bool:
     if not plugin.use_orig_params:
         raise ShearHubError("FSDP with LoRA needs use_orig_params "
                             "(fsdp_use_orig_params: true in the accelerate config)")
-    return True
+    return accelerator, True
 
 
-def _keep_cpu_fsdp(accelerator) -> None:
-    """(Re)select FSDP for CPU processes: every ``AcceleratorState()`` that accelerate builds later (e.g. for the
-    optimizer) copies MULTI_CPU and device cpu:0 back from ``PartialState``, which stays MULTI_CPU so that its
-    collectives (reduce, gather) keep working. FSDP's CPU compute device has no index: "cpu", not "cpu:0"."""
-    if getattr(accelerator, "_shear_hub_cpu_fsdp", False):
+class _CpuFsdp:
+    """An ``Accelerator`` whose CPU processes run FSDP: the one owner of that workaround of accelerate's internals.
+
+    Every ``AcceleratorState()`` that accelerate builds later (e.g. for the optimizer) copies MULTI_CPU and device
+    cpu:0 back from ``PartialState``, which stays MULTI_CPU so that its collectives (reduce, gather) keep working.
+    So FSDP is (re)selected when it is chosen, after ``prepare``, before ``clip_grad_norm_`` (FSDP's clip: the norm
+    over all ranks' shards) and before ``get_state_dict``. FSDP's CPU compute device has no index: "cpu", not
+    "cpu:0". Everything else goes to the wrapped accelerator unchanged."""
+
+    def __init__(self, accelerator) -> None:
+        self._accelerator = accelerator
+        self._select()
+
+    def __getattr__(self, name: str):
+        return getattr(self._accelerator, name)
+
+    def _select(self) -> None:
         from accelerate.utils import DistributedType
 
-        accelerator.state.distributed_type = DistributedType.FSDP
-        accelerator.state.device = torch.device("cpu")
+        self._accelerator.state.distributed_type = DistributedType.FSDP
+        self._accelerator.state.device = torch.device("cpu")
 
+    def prepare(self, *args):
+        prepared = self._accelerator.prepare(*args)
+        self._select()
+        return prepared
 
-def lr_at(cfg: RecoveryConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio (a function of the step, so resuming needs no state)."""
-    warm = min(cfg.warmup_steps, max(cfg.steps - 1, 0))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    span = max(cfg.steps - warm, 1)
-    cos = 0.5 * (1 + math.cos(math.pi * (step - warm) / span))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+    def clip_grad_norm_(self, parameters, max_norm: float):
+        self._select()
+        return self._accelerator.clip_grad_norm_(parameters, max_norm)
+
+    def get_state_dict(self, model) -> dict | None:
+        """The full state dict on the main process (None elsewhere), as ``Accelerator.get_state_dict`` gives it but
+        without offload_to_cpu, which frees the gathered tensors when they already are on the CPU."""
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        self._select()
+        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                                  FullStateDictConfig(offload_to_cpu=False, rank0_only=True)):
+            return model.state_dict()
 
 
 def step_windows(tokens: torch.Tensor, cfg: RecoveryConfig, step: int) -> torch.Tensor:
@@ -169,8 +190,6 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
             device: str | None = None, trust_remote_code: bool = False, resume: bool = True,
             command: str | None = None) -> RecoveryResult:
     """Fine-tune ``model`` (a pruned shear-hub folder or any causal LM) with LoRA and write the result to ``output``."""
-    from peft import LoraConfig, get_peft_model
-
     cfg = config or RecoveryConfig()
     cfg.validate()
     run, source = _start(model, output, cfg, overwrite=overwrite, device=device)
@@ -178,19 +197,16 @@ def recover(model: str, output: str | Path, config: RecoveryConfig | None = None
     report = _base_report(source, student)
     _load_texts(run)
     ppl_before = _perplexity_before(run, student)
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
     # FSDP flattens each wrapped layer's parameters into one tensor of one dtype: LoRA stays in the model's dtype
-    peft_model = get_peft_model(student, lora, autocast_adapter_dtype=not run.fsdp)
-    named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
-    trainable = sum(p.numel() for _, p in named)
-    optimizer = None if run.fsdp else torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    peft_model, named = _attach(student, cfg, autocast_adapter_dtype=not run.fsdp)
+    trainable = sum(p.numel() for p in named.values())
+    optimizer = None if run.fsdp else adamw(named.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     run.fingerprint = cfg.fingerprint(str(Path(source.path).resolve()) if Path(source.path).exists() else source.path)
     progress = _resume(run, named, optimizer, resume)
     wrapped, optimizer = _prepare(run, peft_model, optimizer, trainable)
     _train(run, wrapped, optimizer, progress)
     if run.fsdp:
-        peft_model = _gather_fsdp(run.accelerator, wrapped, model, lora, cfg, trust_remote_code)
+        peft_model = _gather_fsdp(run.accelerator, wrapped, model, cfg, trust_remote_code)
     else:
         peft_model = run.accelerator.unwrap_model(wrapped)
     if peft_model is not None:
@@ -215,9 +231,8 @@ def _start(model: str, output: str | Path, cfg: RecoveryConfig, *, overwrite: bo
 
     source = resolve_source(model)
     out = check_output_dir(output, overwrite, inputs=(model, source.path))
-    accelerator = Accelerator(cpu=(device == "cpu"))
+    accelerator, fsdp = _fsdp(Accelerator(cpu=(device == "cpu")))
     world = accelerator.num_processes
-    fsdp = _fsdp(accelerator)
     if fsdp and cfg.save_every:
         raise ShearHubError("checkpoints are not supported under FSDP; add --save-every 0 (a killed run starts over)")
     if fsdp and cfg.eval_every:
@@ -235,6 +250,12 @@ def _start(model: str, output: str | Path, cfg: RecoveryConfig, *, overwrite: bo
                   lora_rank=cfg.lora_rank, device=str(accelerator.device),
                   teacher_path=teacher_source.weights_path if teacher_source else None)
     return _Run(cfg, accelerator, fsdp, out, checkpoint_dir(out)), source
+
+
+def _attach(model: torch.nn.Module, cfg: RecoveryConfig, *, autocast_adapter_dtype: bool):
+    """LoRA as recover puts it on ``model``: (peft model, its trainable parameters by name)."""
+    return attach_lora(model, cfg.target_modules, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                       task_type="CAUSAL_LM", autocast_adapter_dtype=autocast_adapter_dtype)
 
 
 def _load_models(run: _Run, model: str, source, trust_remote_code: bool):
@@ -294,7 +315,7 @@ def _perplexity_after(run: _Run, peft_model, ppl_before: float | None) -> float 
     return ppl_after
 
 
-def _resume(run: _Run, named: list, optimizer, resume: bool) -> _Progress:
+def _resume(run: _Run, named: dict[str, torch.nn.Parameter], optimizer, resume: bool) -> _Progress:
     """Training state from the output's checkpoint when there is one and ``resume``; a fresh start otherwise."""
     cfg, ckpt_dir = run.cfg, run.ckpt_dir
     ckpt = load_checkpoint(ckpt_dir) if resume else None
@@ -308,10 +329,9 @@ def _resume(run: _Run, named: list, optimizer, resume: bool) -> _Progress:
     if ckpt.state.get("fingerprint") != run.fingerprint:
         raise ShearHubError(f"checkpoint {ckpt_dir} was made with other settings or another model; re-run with "
                             "the same arguments to resume it, or add --no-resume to start over")
-    params = dict(named)
     with torch.no_grad():
         for name, value in ckpt.adapter.items():
-            params[name].copy_(value)
+            named[name].copy_(value)
     optimizer.load_state_dict(ckpt.optimizer)
     set_rng_state(ckpt.rng)
     run.log(f"resuming from checkpoint at step {ckpt.step}/{cfg.steps} ({ckpt_dir})")
@@ -324,9 +344,8 @@ def _prepare(run: _Run, peft_model, optimizer, trainable: int):
     peft_model.train()
     if run.fsdp:  # wrap first, then build the optimizer on each rank's shards of the LoRA parameters
         wrapped = accelerator.prepare(peft_model)
-        optimizer = accelerator.prepare(torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad],
-                                                          lr=cfg.lr, weight_decay=cfg.weight_decay))
-        _keep_cpu_fsdp(accelerator)
+        optimizer = accelerator.prepare(adamw([p for p in wrapped.parameters() if p.requires_grad],
+                                              lr=cfg.lr, weight_decay=cfg.weight_decay))
     else:
         wrapped, optimizer = accelerator.prepare(peft_model, optimizer)
     run.log(f"LoRA r={cfg.lora_rank} on {cfg.target_modules}: {trainable:,} trainable parameters; "
@@ -340,11 +359,15 @@ def _train(run: _Run, wrapped, optimizer, progress: _Progress) -> None:
     """The training loop from ``progress.start``: a curve point every --log-every steps, a checkpoint every
     --save-every steps."""
     cfg = run.cfg
+    trainer = LoraTrainer(wrapped, optimizer, schedule=cfg.schedule(), max_grad_norm=cfg.max_grad_norm,
+                          loss_fn=lambda model, ids: _loss(run, model, ids), backward=run.accelerator.backward,
+                          clip=lambda max_norm: run.accelerator.clip_grad_norm_(wrapped.parameters(), max_norm),
+                          position=progress.start)
     sums = torch.zeros(3)  # loss, lm, kd since the last log line
     count = 0
     t_start = time.perf_counter() - progress.train_s
     for step in range(progress.start, cfg.steps):
-        sums += _train_step(run, wrapped, optimizer, step)
+        sums += _train_step(run, trainer, step)
         count += 1
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0):
@@ -356,25 +379,22 @@ def _train(run: _Run, wrapped, optimizer, progress: _Progress) -> None:
     run.timings["train"] = time.perf_counter() - t_start
 
 
-def _train_step(run: _Run, wrapped, optimizer, step: int) -> torch.Tensor:
-    """One optimizer step on this process's share of the step's windows; the (loss, lm, kd) mean over processes."""
-    cfg, accelerator = run.cfg, run.accelerator
-    for group in optimizer.param_groups:
-        group["lr"] = lr_at(cfg, step)
-    ids = step_windows(run.tokens, cfg, step)[accelerator.process_index :: run.world].to(accelerator.device)
+def _loss(run: _Run, wrapped, ids: torch.Tensor):
+    """(loss, lm, kd) of ``ids``: the LM loss mixed with distillation from the teacher when there is one."""
+    cfg = run.cfg
     logits = wrapped(input_ids=ids, use_cache=False).logits
     teacher_logits = None
     if run.teacher is not None:
         with torch.no_grad():
             teacher_logits = run.teacher(input_ids=ids, use_cache=False).logits
-    loss, lm, kd = mixed_loss(logits, ids, teacher_logits, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
-    accelerator.backward(loss)
-    if cfg.max_grad_norm:
-        if run.fsdp:
-            _keep_cpu_fsdp(accelerator)  # FSDP's clip: the norm over all ranks' shards
-        accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    return mixed_loss(logits, ids, teacher_logits, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+
+
+def _train_step(run: _Run, trainer: LoraTrainer, step: int) -> torch.Tensor:
+    """One optimizer step on this process's share of the step's windows; the (loss, lm, kd) mean over processes."""
+    accelerator = run.accelerator
+    ids = step_windows(run.tokens, run.cfg, step)[accelerator.process_index :: run.world].to(accelerator.device)
+    loss, lm, kd = trainer.step(ids)
     parts = torch.stack([loss.detach(), lm.detach(), kd.detach() if kd is not None else torch.zeros(())]).cpu()
     return accelerator.reduce(parts.to(accelerator.device), reduction="mean").cpu()
 
@@ -383,7 +403,7 @@ def _curve_point(run: _Run, wrapped, avg: list[float], step: int, t_start: float
     """The loss curve's point after ``step`` (averages since the last point), with --eval-every's perplexity."""
     cfg, done = run.cfg, step + 1
     point = {"step": done, "loss": round(avg[0], 5), "lm_loss": round(avg[1], 5),
-             "lr": round(lr_at(cfg, step), 8), "elapsed_s": round(time.perf_counter() - t_start, 1)}
+             "lr": round(cfg.schedule().lr_at(step), 8), "elapsed_s": round(time.perf_counter() - t_start, 1)}
     if run.teacher is not None:
         point["kd_loss"] = round(avg[2], 5)
     if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps and run.eval_text is not None:
@@ -441,26 +461,16 @@ def _recovery_section(run: _Run, source, command: str | None, trainable: int, pr
     return recovery
 
 
-def _gather_fsdp(accelerator, wrapped, model: str, lora, cfg: RecoveryConfig, trust_remote_code: bool):
+def _gather_fsdp(accelerator, wrapped, model: str, cfg: RecoveryConfig, trust_remote_code: bool):
     """The trained model in one piece on the main process (None elsewhere): every rank takes part in gathering the
     full state dict, which the main process loads into a fresh, unsharded copy of the model with the same adapters."""
-    from peft import get_peft_model
-
-    _keep_cpu_fsdp(accelerator)
-    if accelerator.device.type != "cpu":
-        state = accelerator.get_state_dict(wrapped)  # FULL_STATE_DICT, offloaded to CPU, on rank 0 only
-    else:  # the same without offload_to_cpu, which frees the gathered tensors when they already are on the CPU
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT,
-                                  FullStateDictConfig(offload_to_cpu=False, rank0_only=True)):
-            state = wrapped.state_dict()
+    # FULL_STATE_DICT on rank 0 only (offloaded to CPU; on CPU processes ``_CpuFsdp`` gathers it without offloading)
+    state = accelerator.get_state_dict(wrapped)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
     base, _, _ = load_model(model, dtype=cfg.dtype, trust_remote_code=trust_remote_code)
-    peft_model = get_peft_model(base, lora, autocast_adapter_dtype=False)
+    peft_model, _ = _attach(base, cfg, autocast_adapter_dtype=False)
     peft_model.load_state_dict(state, strict=True)
     return peft_model.to(accelerator.device)
 

@@ -19,6 +19,7 @@ from collections import defaultdict
 import torch
 
 from ...allocation import allocate
+from ...lora_trainer import LoraTrainer, adamw
 from ...structures.dims import DimsTracker
 from ...structures.graph import WHOLE, Group, StructureGraph
 from ..base import group_scores
@@ -190,7 +191,9 @@ class LHSPG:
             p.requires_grad_(False)
         for p in self.lora:
             p.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.lora, lr=config.lr, weight_decay=0.0)
+        # only the LoRA factors train (no schedule, no clipping); frozen-weight gradients are taken after backward
+        self.trainer = LoraTrainer(peft_model, adamw(self.lora, lr=config.lr, weight_decay=0.0),
+                                   after_backward=self._take_base_grads)
         params = dict(peft_model.named_parameters())
         slice_params = {s.param for g in graph.groups for s in g.slices}
         # the frozen weights whose gradient feeds the Taylor saliency (dL/dW = dL/dx for x = W + s B A)
@@ -201,30 +204,28 @@ class LHSPG:
         self.losses: list[float] = []
 
     def _train_step(self, ids: torch.Tensor, collect: bool) -> float:
+        """One LoRA step; when ``collect``, the frozen weights' gradients of the step feed the saliency."""
         for p in self.base_weights.values():
             p.requires_grad_(collect)
-        loss = self._saliency_backward(ids) if collect else self._backward(ids)
-        if collect:
-            for n, p in self.base_weights.items():
-                if p.grad is not None:
-                    self.grads[n] = self.grads[n] + p.grad if n in self.grads else p.grad.detach().clone()
-                    p.grad = None
-                p.requires_grad_(False)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        per_window = self._backward_per_window if collect and self.cfg.w_fisher > 0 else None
+        loss = self.trainer.step(ids, forward_backward=per_window)
         self.step += 1
         value = float(loss.detach())
         self.losses.append(value)
         return value
 
-    def _backward(self, ids: torch.Tensor) -> torch.Tensor:
-        loss = self.model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        return loss
+    def _take_base_grads(self) -> None:
+        """After backward: add the frozen weights' gradients (present only on collecting steps, when they require
+        grad) to ``self.grads`` and freeze the weights again."""
+        for n, p in self.base_weights.items():
+            if p.grad is not None:
+                self.grads[n] = self.grads[n] + p.grad if n in self.grads else p.grad.detach().clone()
+                p.grad = None
+            p.requires_grad_(False)
 
     def _saliency_backward(self, ids: torch.Tensor) -> torch.Tensor:
         """The step's backward when its gradients feed the saliency: per window when the Fisher criterion needs it."""
-        return self._backward_per_window(ids) if self.cfg.w_fisher > 0 else self._backward(ids)
+        return self._backward_per_window(ids) if self.cfg.w_fisher > 0 else self.trainer.forward_backward(ids)
 
     def _backward_per_window(self, ids: torch.Tensor) -> torch.Tensor:
         """The same step's gradient as one batched backward (LoRA grads accumulate), one window at a time, so the
@@ -331,12 +332,9 @@ class LHSPG:
         return removed, periods, summary
 
     def _collect_only(self, ids: torch.Tensor) -> None:
+        """Gradients for the saliency without a step (``self.grads`` is empty here: it takes a copy of them)."""
         for p in self.base_weights.values():
             p.requires_grad_(True)
         self._saliency_backward(ids)
-        for n, p in self.base_weights.items():
-            if p.grad is not None:
-                self.grads[n] = p.grad.detach().clone()
-                p.grad = None
-            p.requires_grad_(False)
-        self.optimizer.zero_grad(set_to_none=True)
+        self._take_base_grads()
+        self.trainer.optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import ShearHubError
+from ...lora_trainer import attach_lora as shared_attach_lora
 from ...structures.graph import WHOLE, Group, StructureGraph, TensorSlice
 
 ADAPTER_NAME = "default"
@@ -36,11 +37,8 @@ def lora_target_modules(graph: StructureGraph) -> list[str]:
 
 def attach_lora(model: torch.nn.Module, graph: StructureGraph, rank: int, alpha: float):
     """Wrap ``model`` in place with peft LoRA on every projection; only the LoRA factors train."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
-                        target_modules=lora_target_modules(graph))
-    peft_model = get_peft_model(model, config)
+    peft_model, _ = shared_attach_lora(model, lora_target_modules(graph), rank=rank, alpha=alpha, dropout=0.0,
+                                       bias="none")
     return peft_model
 
 

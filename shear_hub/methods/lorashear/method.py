@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import ShearHubError
+from ...lora_trainer import merge
 from ...progress import write
 from ...structures.graph import HEADS, MLP, QHEADS, Group
 from ..base import Citation, PruneContext, PruningMethod, register_method
@@ -123,9 +124,7 @@ class LoRAShearMethod(PruningMethod):
 
     def select(self, ctx: PruneContext) -> list[Group]:
         peft_model, removed = self.run_stages_1_to_3(ctx)
-        merged = peft_model.merge_and_unload()  # W <- W + s B A; the removed groups stay exactly zero
-        if merged is not ctx.model:
-            raise ShearHubError("internal: peft did not unload LoRA in place")
+        merged = merge(peft_model, ctx.model)  # W <- W + s B A; the removed groups stay exactly zero
         for p in merged.parameters():
             p.requires_grad_(False)
         leftover = GroupVectors(merged, removed).snapshot()

@@ -22,8 +22,7 @@ from collections.abc import Callable
 import torch
 
 from ...data import builtin_calibration_text, sequential_windows, tokenize_text
-from ...recovery.config import RecoveryConfig
-from ...recovery.trainer import lr_at
+from ...lora_trainer import LoraTrainer, LRSchedule, adamw, attach_lora, merge
 from .data import TokenSource
 from .knowledge import mean_loss
 
@@ -108,9 +107,10 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, TokenSo
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     peft_model, lora = _attach_recovery_lora(model, adapter, cfg)
-    optimizer = torch.optim.AdamW(lora, lr=cfg.recovery_lr, weight_decay=0.0)
-    schedule = RecoveryConfig(steps=cfg.recovery_rounds * cfg.recovery_steps, lr=cfg.recovery_lr,
-                              warmup_steps=cfg.recovery_warmup_steps, lora_rank=cfg.recovery_rank)
+    schedule = LRSchedule(steps=cfg.recovery_rounds * cfg.recovery_steps, lr=cfg.recovery_lr,
+                          warmup_steps=cfg.recovery_warmup_steps, min_lr_ratio=0.1)
+    trainer = LoraTrainer(peft_model, adamw(lora, lr=cfg.recovery_lr, weight_decay=0.0), schedule=schedule,
+                          max_grad_norm=cfg.recovery_max_grad_norm)
     gen = torch.Generator().manual_seed(seed)
     names = list(sources)
 
@@ -124,13 +124,10 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, TokenSo
     if on_round:
         on_round(peft_model, 0)
     stopped = "max_rounds"
-    step = 0
     stale = 0  # rounds since the worst source's gap last improved by recovery_min_delta
     for r in range(1, cfg.recovery_rounds + 1):
         mix = data_mix(current, names, cfg.recovery_temperature, cfg.recovery_min_share)
-        counts, losses = _train_round(peft_model, optimizer, lora, sources, mix, cfg, schedule, step, gen,
-                                      batch_size, seq_len, device)
-        step += cfg.recovery_steps
+        counts, losses = _train_round(trainer, sources, mix, cfg.recovery_steps, gen, batch_size, seq_len, device)
         current = gaps()
         worst = max(current.values())
         entry = {"round": r, "mix": {s: round(float(m), 4) for s, m in zip(names, mix)}, "steps": counts,
@@ -152,38 +149,27 @@ def dynamic_recovery(model: torch.nn.Module, adapter, sources: dict[str, TokenSo
 
 def _attach_recovery_lora(model: torch.nn.Module, adapter, cfg) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
     """(peft model, its trainable LoRA factors): LoRA of rank ``cfg.recovery_rank`` on every projection."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=cfg.recovery_rank, lora_alpha=cfg.recovery_alpha, lora_dropout=0.0, bias="none",
-                        target_modules=recovery_targets(model, adapter))
-    peft_model = get_peft_model(model, config)
-    return peft_model, [p for n, p in peft_model.named_parameters() if p.requires_grad]
+    peft_model, trainable = attach_lora(model, recovery_targets(model, adapter), rank=cfg.recovery_rank,
+                                        alpha=cfg.recovery_alpha, dropout=0.0, bias="none")
+    return peft_model, list(trainable.values())
 
 
-def _train_round(peft_model: torch.nn.Module, optimizer, lora: list[torch.nn.Parameter],
-                 sources: dict[str, TokenSource], mix: torch.Tensor, cfg, schedule: RecoveryConfig, step: int,
+def _train_round(trainer: LoraTrainer, sources: dict[str, TokenSource], mix: torch.Tensor, steps: int,
                  gen: torch.Generator, batch_size: int, seq_len: int,
                  device: torch.device) -> tuple[dict[str, int], list[float]]:
-    """One round of ``cfg.recovery_steps`` steps, each on a batch of a source drawn from ``mix``; ``step`` is the
-    global step the round starts at (for the schedule). Returns (steps per source, training losses)."""
+    """One round of ``steps`` steps, each on a batch of a source drawn from ``mix`` (the trainer's schedule runs on
+    over the rounds). Returns (steps per source, training losses)."""
     names = list(sources)
-    peft_model.train()
+    trainer.model.train()
     counts = {s: 0 for s in names}
     losses = []
-    for _ in range(cfg.recovery_steps):
+    for _ in range(steps):
         s = names[int(torch.multinomial(mix, 1, generator=gen))]
         ids = sources[s].sample(batch_size, seq_len, gen).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(schedule, step)
-        loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lora, cfg.recovery_max_grad_norm)
-        optimizer.step()
-        step += 1
-        optimizer.zero_grad(set_to_none=True)
+        loss = trainer.step(ids)
         counts[s] += 1
         losses.append(float(loss.detach()))
-    peft_model.eval()
+    trainer.model.eval()
     return counts, losses
 
 
@@ -193,11 +179,10 @@ def _merge_best(peft_model: torch.nn.Module, model: torch.nn.Module, lora: list[
     with torch.no_grad():
         for p, saved in zip(lora, best_state):
             p.copy_(saved)
-    merged = peft_model.merge_and_unload()
-    assert merged is model  # peft swaps modules back inside the same object
+    merge(peft_model, model)
 
 
-def _recovery_log(rounds: list[dict], stopped: str, best_worst: float, cfg, schedule: RecoveryConfig,
+def _recovery_log(rounds: list[dict], stopped: str, best_worst: float, cfg, schedule: LRSchedule,
                   sources: dict[str, TokenSource], dense_loss: dict[str, float], batch_size: int, seq_len: int,
                   t0: float) -> dict:
     """The report's record of stage 4: rounds, the round kept, why it stopped, optimiser and sources."""
