@@ -5,7 +5,7 @@ sampled every 20 ms), whether the two
 runs removed the same groups (report removed_groups + dims_after, and every saved tensor equal), and the largest
 logit difference of the two pruned models on a fixed input.
 
-    nice -n 15 python benchmarks/bench_max_memory.py [--method magnitude] [--no-eval] [--work DIR]
+    nice -n 15 python benchmarks/bench_max_memory.py [--method magnitude|wanda|taylor|surgeon] [--no-eval] [--work DIR]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def tensors(folder: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--method", default="magnitude", choices=["magnitude", "wanda"])
+    ap.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "taylor", "surgeon"])
     ap.add_argument("--no-eval", action="store_true", help="pass --no-eval (no held-out perplexity, whose logits "
                     "dominate the peak RSS of both runs)")
     ap.add_argument("--work", default=None, help="folder for the two outputs (default: a temporary folder)")

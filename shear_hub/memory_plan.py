@@ -11,9 +11,12 @@ device, and an offloaded embedding matrix or LM head is onloaded whole when it r
 Nothing is pinned resident below that: with a cap of exactly the minimum every module lives on disk. The check reads
 the safetensors headers only (no weights are loaded) and refuses smaller caps with the minimum in the message.
 
-Only methods whose cost is a sum of per-weight importances computed one weight at a time support the cap (they define
-``weight_importance``, shear_hub/methods/base.py); those that need a full-model backward pass or rewrite the dense
-weights in place are refused before anything loads.
+Which methods run under the cap is part of the method contract (shear_hub/methods/base.py): an element-wise
+importance from the weights (``weight_importance``: magnitude, wanda; one module at a time), or from the weights and
+their gradients (``gradient_importance``: taylor; one decoder layer at a time, shear_hub/layer_stream.py), or a
+selection of its own on the dispatched model (``select_offloaded``: the surgeon's K-FAC shot, layer by layer, its OBS
+updates staged on disk). The others (training through the whole model: lorashear) are refused before anything
+loads, as are settings a method cannot stream (``offload_refusal``).
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ def check_method(method: str, method_options: dict | None = None) -> None:
     cls = METHODS.get(method)
     if cls is None or cls.streams_weights():  # unknown names get get_method's own error
         return
-    why = "needs a full-model backward pass" if cls.needs_gradients else "needs the whole model in memory"
+    why = "trains through the whole model" if cls.needs_gradients else "needs the whole model in memory"
     capped = [name for name, other in METHODS.items() if other.streams_weights()]
     raise ShearHubError(f"--method {method} {why} and does not run under --max-memory; --max-memory supports "
                         f"--method {' or '.join(capped)} (or drop --max-memory)")

@@ -74,12 +74,6 @@ def placement(model) -> dict[str, int]:
     return counts
 
 
-def input_device(model) -> torch.device:
-    """Where inputs go: the first parameter's device, the CPU when it is offloaded (accelerate's hooks move inputs)."""
-    device = next(model.parameters()).device
-    return torch.device("cpu") if device.type == "meta" else device
-
-
 # ----------------------------------------------------------------- reading weights one module at a time ----------
 def materialized(model, names):
     """Yield (name, tensor) for the named parameters, onloading each owning module in turn with accelerate's
@@ -102,25 +96,89 @@ def materialized(model, names):
             yield name, tensor
 
 
-# ----------------------------------------------------------------- scoring (methods with weight_importance) -------
-def capped_select(pruner, ctx) -> list:
-    """``pruner.select(ctx)`` for a dispatched model: the method's importance, one module's weights at a time."""
+# ----------------------------------------------------------------- scoring under the cap --------------------------
+def capped_select(pruner, ctx, capped: "CappedRun") -> list:
+    """``pruner.select(ctx)`` for a dispatched model: the method's own offloaded selection, or its element-wise
+    importance from the weights (one module at a time) or from the weights and their gradients (one decoder layer
+    at a time, layer_stream.py)."""
     from .allocation import allocate
-    from .methods.base import costs_from_reduced, normalize_per_layer, prunable_weights, reduce_importance
+    from .methods.base import PruningMethod, costs_from_reduced, normalize_per_layer
 
-    names = list(prunable_weights(ctx))  # shapes only: offloaded parameters are on the meta device
-    importance = pruner.weight_importance(ctx, names)  # the method's own formula, one weight at a time
-    if importance is None:  # memory_plan.check_method refuses these before anything loads
-        raise ShearHubError(f"--method {pruner.name} does not run under --max-memory")
+    if type(pruner).select_offloaded is not PruningMethod.select_offloaded:
+        return pruner.select_offloaded(ctx, capped)
     reduced: dict = {}
     totals: dict = {}
-    for name, w in materialized(ctx.model, names):
-        reduce_importance(name, w, importance, reduced, totals)  # block by block: no full-size importance copy
-        del w
+    if type(pruner).gradient_importance is not PruningMethod.gradient_importance:
+        _gradient_importance(pruner, ctx, capped, reduced, totals)
+    else:
+        _weight_importance(pruner, ctx, reduced, totals)
     costs = costs_from_reduced(ctx.graph, reduced, totals)
     if pruner.layer_normalized:
         costs = normalize_per_layer(ctx.graph, costs)
     return allocate(ctx.graph, costs, ctx.params_to_remove, ctx.layout)
+
+
+def _weight_importance(pruner, ctx, reduced: dict, totals: dict) -> None:
+    from .methods.base import prunable_weights, reduce_importance
+
+    names = list(prunable_weights(ctx))  # shapes only: offloaded parameters are on the meta device
+    importance = pruner.weight_importance(ctx, names)  # the method's own formula, one weight at a time
+    for name, w in materialized(ctx.model, names):
+        reduce_importance(name, w, importance, reduced, totals)  # block by block: no full-size importance copy
+        del w
+
+
+def _gradient_importance(pruner, ctx, capped: "CappedRun", reduced: dict, totals: dict) -> None:
+    """Gradients of the method's loss, one decoder layer at a time; each layer's importances are reduced to group
+    sums while its weights are materialized, before the next layer is read."""
+    from .methods.base import prunable_weights, reduce_importance
+
+    sliced = {s.param for g in ctx.graph.groups for s in g.slices}  # what a group's cost can read
+    names = [n for n in prunable_weights(ctx) if n in sliced]
+    by_layer = layer_names(ctx.graph, names, pruner.name)
+    importance = pruner.gradient_importance(ctx)
+    stream = capped.stream(ctx, "gradients")
+    n = len(stream.batches)
+    model = ctx.model
+
+    def before(i, layer):
+        for p in _params(layer, by_layer[i], capped.layers_prefix(ctx), i).values():
+            p.requires_grad_(True)
+            p.grad = None
+
+    def after(i, layer):
+        for name, p in _params(layer, by_layer[i], capped.layers_prefix(ctx), i).items():
+            if p.grad is not None:
+                reduce_importance(name, importance(name, p, p.grad), lambda _n, block: block, reduced, totals)
+            p.grad = None
+            p.requires_grad_(False)
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    stream.forward()
+    stream.backward(lambda logits, ids: pruner.loss_for(model, logits, ids, n), down_to=min(by_layer),
+                    before_layer=lambda i, layer: before(i, layer) if i in by_layer else None,
+                    after_layer=lambda i, layer: after(i, layer) if i in by_layer else None)
+
+
+def layer_names(graph, names: list[str], method: str) -> dict[int, list[str]]:
+    """Weight names by decoder layer; weights outside the decoder layers (embedding, LM head: residual channels)
+    would need full-size gradients, which the cap is there to avoid."""
+    by_layer: dict[int, list[str]] = {}
+    for name in names:
+        role = graph.role(name)
+        if role is None or role.layer is None:
+            raise ShearHubError(f"--method {method} under --max-memory scores decoder layers only, not {name}; "
+                                "drop 'hidden' from --structures, or drop --max-memory")
+        by_layer.setdefault(role.layer, []).append(name)
+    return by_layer
+
+
+def _params(layer, names: list[str], prefix: str, index: int) -> dict:
+    """The layer's parameters for the given full weight names (as they are now: materialized inside ``onloaded``)."""
+    head = f"{prefix}.{index}."
+    own = dict(layer.named_parameters())
+    return {n: own[n[len(head):]] for n in names}
 
 
 # ----------------------------------------------------------------- the capped run ---------------------------------
@@ -134,6 +192,7 @@ class CappedRun:
         out = Path(output).expanduser().resolve()
         self.output = out
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self.updated: dict[str, Path] = {}  # weight name -> staged file holding the method's updated tensor
 
     def check(self, model_path: str, spec: str, sparsity: float) -> None:
         """Before anything loads: the cap holds the largest unit, the disk holds the staged pruned weights."""
@@ -162,26 +221,56 @@ class CappedRun:
         return model
 
     def select(self, pruner, ctx) -> list:
-        return capped_select(pruner, ctx)
+        return capped_select(pruner, ctx, self)
+
+    def store(self, new: dict[str, torch.Tensor]) -> None:
+        """Keep a method's updated weights (e.g. the surgeon's OBS updates) on disk, in the compute dtype, for
+        surgery to read instead of the dense weights."""
+        from safetensors.torch import save_file
+
+        from .loading import parse_dtype
+
+        if not new:
+            return
+        folder = self.workdir / "updated"
+        folder.mkdir(exist_ok=True)
+        file = folder / f"part-{len(list(folder.iterdir())):05d}.safetensors"
+        dtype = parse_dtype(self.dtype_name)
+        save_file({n: t.detach().to("cpu", dtype).contiguous() for n, t in new.items()}, str(file))
+        self.updated.update({n: file for n in new})
+
+    def weights(self, model, names: list[str]):
+        """(name, tensor) for ``names``: the stored update where the method wrote one, the dense weight otherwise."""
+        from safetensors import safe_open
+
+        for name, tensor in materialized(model, [n for n in names if n not in self.updated]):
+            yield name, tensor
+        for name in names:
+            if name in self.updated:
+                with safe_open(str(self.updated[name]), framework="pt") as f:
+                    yield name, f.get_tensor(name)
+
+    def layers_prefix(self, ctx) -> str:
+        return ctx.graph.adapter.layers_prefix
+
+    def stream(self, ctx, what: str):
+        """A LayerStream of ``ctx``'s calibration batches through the dispatched model's decoder layers."""
+        from .layer_stream import LayerStream
+
+        stage = self.workdir / f"stream-{what}"
+        shutil.rmtree(stage, ignore_errors=True)
+        layers = ctx.model.get_submodule(self.layers_prefix(ctx))
+        return LayerStream(ctx.model, layers, list(ctx.batches(what)), stage)
 
     def build_pruned(self, graph, removed: list, layout: str):
         """surgery.build_pruned_model, one decoder layer at a time: slices staged as safetensors, then dispatched."""
         from safetensors.torch import save_file
 
         from .loading import parse_dtype
-        from .surgery import LAYOUTS, dims_after, slice_state_dict
+        from .surgery import pruned_config, slice_state_dict
 
-        if layout not in LAYOUTS:
-            raise ShearHubError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-        adapter = graph.adapter
-        dense = adapter.model
-        new_dims = dims_after(graph, removed)
-        if layout == "uniform":
-            if not new_dims.is_uniform():
-                raise ShearHubError("the chosen structures give layers different widths; use --layout per-layer")
-            config = adapter.uniform_config(new_dims)
-        else:
-            config = adapter.per_layer_config(new_dims)
+        dense = graph.adapter.model
+        config, new_dims = pruned_config(graph, removed, layout)
         stage = self.workdir / "pruned"
         stage.mkdir()
         chunks: OrderedDict = OrderedDict()
@@ -192,7 +281,7 @@ class CappedRun:
         weight_map: dict[str, str] = {}
         total = 0
         for k, names in enumerate(chunks.values()):
-            state = dict(materialized(dense, names))
+            state = dict(self.weights(dense, names))
             sliced = {n: t.detach().cpu().contiguous() for n, t in
                       slice_state_dict(graph, state, removed, new_dims).items()}
             del state

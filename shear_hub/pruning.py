@@ -169,6 +169,9 @@ def _check_job(model: str, output: str | Path, *, method: str, sparsity: float, 
     check_output_dir(output, overwrite, inputs=(model, source.path))
     clean_stale_temporaries(output)
     pruner = get_method(method, method_options)
+    why = None if cap is None else pruner.offload_refusal(kinds)
+    if why:
+        raise ShearHubError(f"--method {method} under --max-memory {why}, or drop --max-memory")
     capped = None if cap is None else CappedRun(cap, output, dtype, trust_remote_code)
     if capped is not None:  # the cap replaces the RAM estimate: the header plan must fit one unit in it
         capped.check(source.weights_path, model, sparsity)

@@ -72,6 +72,20 @@ def _renumber(adapter, name: str, layer: int | None, kept_layers: dict[int, int]
     return f"{adapter.layers_prefix}.{kept_layers[layer]}." + name[len(prefix):]
 
 
+def pruned_config(graph: StructureGraph, removed: list[Group], layout: str):
+    """(config, new dims) of the model left after removing ``removed`` in ``layout``: a stock config when every layer
+    keeps the same widths (``uniform``), the per-layer one otherwise."""
+    if layout not in LAYOUTS:
+        raise ShearHubError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    adapter = graph.adapter
+    new_dims = dims_after(graph, removed)
+    if layout == "uniform":
+        if not new_dims.is_uniform():
+            raise ShearHubError("the chosen structures give layers different widths; use --layout per-layer")
+        return adapter.uniform_config(new_dims), new_dims
+    return adapter.per_layer_config(new_dims), new_dims
+
+
 def build_pruned_model(graph: StructureGraph, removed: list[Group], layout: str):
     """A new, physically smaller model holding the dense model's remaining weights."""
     from transformers import AutoModelForCausalLM
@@ -81,17 +95,8 @@ def build_pruned_model(graph: StructureGraph, removed: list[Group], layout: str)
 
     register_auto_classes()  # the per-layer classes, for AutoModelForCausalLM.from_config (idempotent)
 
-    if layout not in LAYOUTS:
-        raise ShearHubError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-    adapter = graph.adapter
-    dense = adapter.model
-    new_dims = dims_after(graph, removed)
-    if layout == "uniform":
-        if not new_dims.is_uniform():
-            raise ShearHubError("the chosen structures give layers different widths; use --layout per-layer")
-        config = adapter.uniform_config(new_dims)
-    else:
-        config = adapter.per_layer_config(new_dims)
+    dense = graph.adapter.model
+    config, new_dims = pruned_config(graph, removed, layout)
     param = next(dense.parameters())
     state = slice_state_dict(graph, dense.state_dict(), removed, new_dims)
     with no_init_weights():

@@ -49,14 +49,18 @@ def _logits(folder) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("method, structures", [("magnitude", "heads,mlp,hidden"), ("wanda", "heads,mlp,hidden"),
-                                                ("wanda", "heads")])
-def test_capped_prune_equals_uncapped(dense, tmp_path, method, structures, capsys):
-    full = prune(str(dense), tmp_path / "full", method=method, sparsity=0.3, structures=structures, **FAST)
+@pytest.mark.parametrize("method, structures, options", [
+    ("magnitude", "heads,mlp,hidden", {}), ("wanda", "heads,mlp,hidden", {}), ("wanda", "heads", {}),
+    # gradients one decoder layer at a time (layer_stream.py); the surgeon's OBS updates staged on disk
+    ("taylor", "heads,mlp", {}), ("surgeon", "heads,mlp", {}), ("surgeon", "heads,qheads", {"fisher": "sampled"}),
+    ("surgeon", "heads,mlp", {"curvature": "layerwise"})])
+def test_capped_prune_equals_uncapped(dense, tmp_path, method, structures, options, capsys):
+    full = prune(str(dense), tmp_path / "full", method=method, sparsity=0.3, structures=structures,
+                 method_options=options, **FAST)
     cap = _third(dense)
     rc = main(["prune", str(dense), "--output", str(tmp_path / "capped"), "--method", method, "--sparsity", "0.3",
                "--structures", structures, "--calib-samples", "8", "--seq-len", "32", "--no-progress",
-               "--max-memory", f"cpu={cap}"])
+               "--max-memory", f"cpu={cap}"] + [a for k, v in options.items() for a in ("--option", f"{k}={v}")])
     assert rc == 0, capsys.readouterr().err
     a = json.loads((tmp_path / "full" / "pruning_report.json").read_text())
     b = json.loads((tmp_path / "capped" / "pruning_report.json").read_text())
@@ -102,11 +106,16 @@ def test_malformed_cap_is_one_line(dense, tmp_path, capsys, value, words):
     assert rc == 2 and err.count("\n") == 1 and words in err, err
 
 
-def test_methods_without_streaming_are_refused_up_front(dense, tmp_path):
-    done = subprocess.run(CLI + ["prune", str(dense), "--output", str(tmp_path / "out"), "--method", "surgeon",
-                                 "--max-memory", "cpu=1GiB"], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-    assert "--max-memory supports --method magnitude or wanda" in done.stderr
+@pytest.mark.parametrize("args, words", [
+    (["--method", "lorashear"], "--max-memory supports --method magnitude or wanda or taylor or surgeon"),
+    (["--method", "surgeon", "--option", "shots=2"], "drop shots=2"),
+    (["--method", "surgeon", "--option", "mode=2:4"], "drop mode=2:4"),
+    (["--method", "taylor", "--structures", "mlp,hidden"], "drop 'hidden' from --structures")])
+def test_settings_that_cannot_stream_are_refused_up_front(dense, tmp_path, args, words):
+    done = subprocess.run(CLI + ["prune", str(dense), "--output", str(tmp_path / "out"), "--max-memory", "cpu=1GiB"]
+                          + args, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert words in done.stderr
     assert not list(tmp_path.iterdir())
 
 

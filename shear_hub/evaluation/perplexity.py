@@ -26,9 +26,9 @@ def perplexity(model, tokenizer, data: str | None = None, *, seq_len: int = 512,
 @torch.no_grad()
 def windows_perplexity(model, batches: torch.Tensor, *, batch_size: int = 4, bar=None) -> float:
     """exp(mean next-token NLL) over the token windows ``batches`` [n, seq_len]; ``bar`` (tqdm) advances per window."""
-    device = next(model.parameters()).device
-    if device.type == "meta":  # dispatched with disk offload (--max-memory): accelerate's hooks move the inputs
-        device = torch.device("cpu")
+    from ..layer_stream import input_device
+
+    device = input_device(model)  # the CPU for a model dispatched with disk offload (--max-memory)
     total_nll, total_tokens = 0.0, 0
     was_training = model.training
     model.eval()

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..allocation import allocate
-from ..structures.graph import WHOLE, Group, StructureGraph
+from ..structures.graph import HIDDEN, WHOLE, Group, StructureGraph
 
 if TYPE_CHECKING:
     from ..resources_check import MethodMemoryInputs
@@ -109,10 +109,38 @@ class PruningMethod(ABC):
         the whole model resident (gradients, in-place weight updates)."""
         return None
 
+    def gradient_importance(self, ctx: PruneContext):
+        """Optional: a function ``(name, weight, grad) -> importance`` (same shape as the weight), ``grad`` being the
+        gradient of the calibration loss (``loss_for``) w.r.t. that weight. A method that defines it runs under
+        ``--max-memory`` with the gradients formed one decoder layer at a time (shear_hub/layer_stream.py)."""
+        return None
+
+    def loss_for(self, model: torch.nn.Module, logits: torch.Tensor, ids: torch.Tensor, n_batches: int) -> torch.Tensor:
+        """The loss whose gradients ``gradient_importance`` reads: the model's own next-token loss, averaged over the
+        calibration batches."""
+        return model.loss_function(logits=logits, labels=ids, vocab_size=logits.shape[-1]) / n_batches
+
+    def select_offloaded(self, ctx: PruneContext, offload) -> list[Group]:
+        """Optional: ``select`` for a model dispatched under ``--max-memory`` (weights on disk, read one module at a
+        time); ``offload`` is shear_hub/offload.py's CappedRun (a LayerStream factory, a store for updated weights).
+        Methods with ``weight_importance`` or ``gradient_importance`` need not define it."""
+        raise NotImplementedError
+
+    def offload_refusal(self, kinds: list[str] | None) -> str | None:
+        """Why these settings cannot run under ``--max-memory`` (None: they can), checked before anything loads.
+        Default: gradient methods score decoder layers only (an embedding's gradient is as large as the
+        embedding)."""
+        if (type(self).gradient_importance is not PruningMethod.gradient_importance and kinds
+                and HIDDEN in kinds):
+            return "scores decoder layers only; drop 'hidden' from --structures"
+        return None
+
     @classmethod
     def streams_weights(cls) -> bool:
-        """Whether the method runs under ``--max-memory`` (it defines ``weight_importance``)."""
-        return cls.weight_importance is not PruningMethod.weight_importance
+        """Whether the method runs under ``--max-memory`` (it defines ``weight_importance``,
+        ``gradient_importance`` or ``select_offloaded``)."""
+        return any(getattr(cls, hook) is not getattr(PruningMethod, hook)
+                   for hook in ("weight_importance", "gradient_importance", "select_offloaded"))
 
     # ----- hooks core calls on the class (before any model is loaded) -------------------------------------------
     @classmethod

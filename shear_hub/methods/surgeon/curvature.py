@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...compat import cache_keyword
+from ...layer_stream import capture_layer_inputs, input_device, on_device
 
 
 @dataclass
@@ -49,7 +49,7 @@ def _first_tensor(args, kwargs):
     return kwargs.get("hidden_states")
 
 
-def _input_hook(name: str, A: dict, alias: dict, seen: list, G: dict | None = None):
+def input_hook(name: str, A: dict, alias: dict, seen: list, G: dict | None = None):
     """Forward hook of linear ``name``: A[name] += x^T x over its input x. A linear fed the very tensor an earlier
     one got in this batch (q/k/v) is aliased to it instead (``seen`` is cleared per batch). With ``G``, a gradient
     hook on the output also adds G[name] += g^T g."""
@@ -106,23 +106,28 @@ def _extras_hooks(f: Factors, embed: torch.nn.Module, head: torch.nn.Module) -> 
     return [embed.register_forward_hook(emb_hook), head.register_forward_hook(head_hook)]
 
 
+def kfac_loss(logits: torch.Tensor, ids: torch.Tensor, fisher: str, generator: torch.Generator | None) -> torch.Tensor:
+    """The summed next-token loss whose gradients give G: on the true next tokens (empirical Fisher) or on labels
+    drawn from the model's own softmax (``sampled``)."""
+    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    if fisher == "sampled":
+        with torch.no_grad():
+            labels = torch.multinomial(torch.softmax(flat, -1), 1, generator=generator).flatten()
+    else:
+        labels = ids[:, 1:].reshape(-1)
+    return torch.nn.functional.cross_entropy(flat, labels, reduction="sum")
+
+
 def _backward(model: torch.nn.Module, ids: torch.Tensor, fisher: str, generator: torch.Generator | None) -> None:
     """One forward + backward pass of the summed next-token loss (the hooks accumulate the factors)."""
     with torch.enable_grad():
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        flat = logits.reshape(-1, logits.shape[-1])
-        if fisher == "sampled":
-            with torch.no_grad():
-                labels = torch.multinomial(torch.softmax(flat, -1), 1, generator=generator).flatten()
-        else:
-            labels = ids[:, 1:].reshape(-1)
-        loss = torch.nn.functional.cross_entropy(flat, labels, reduction="sum")
+        loss = kfac_loss(model(input_ids=ids, use_cache=False).logits, ids, fisher, generator)
         if loss.requires_grad:
             loss.backward()
-    del logits, flat, loss
+    del loss
 
 
-def _normalize(f: Factors, alias: dict[str, str]) -> None:
+def normalize_factors(f: Factors, alias: dict[str, str]) -> None:
     """Sums -> means over the tokens seen; aliased linears share their owner's A."""
     n = max(f.tokens, 1)
     for d in (f.A, f.G):
@@ -148,7 +153,7 @@ def collect_kfac(model: torch.nn.Module, batches, linears: dict[str, torch.nn.Li
     f = Factors()
     alias: dict[str, str] = {}  # weight name -> weight name whose A it shares (same input tensor)
     batch_inputs: list[tuple[torch.Tensor, str]] = []  # held for the batch, so identity checks stay valid
-    hooks = [mod.register_forward_hook(_input_hook(name, f.A, alias, batch_inputs, G=f.G))
+    hooks = [mod.register_forward_hook(input_hook(name, f.A, alias, batch_inputs, G=f.G))
              for name, mod in linears.items()]
     if extras:
         hooks.extend(_extras_hooks(f, embed, head))
@@ -171,52 +176,37 @@ def collect_kfac(model: torch.nn.Module, batches, linears: dict[str, torch.nn.Li
             h.remove()
         for n, p in model.named_parameters():
             p.requires_grad_(requires[n])
-    _normalize(f, alias)
+    normalize_factors(f, alias)
     return f
 
 
-def _to(value, device):
+def _to(value, device, moved: dict):
+    """``value`` on ``device``; a tensor shared by several layers / batches (masks, position embeddings) is moved
+    once (``moved``, by identity)."""
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        if id(value) not in moved:
+            moved[id(value)] = (value, value.to(device))  # the source is kept so that its id is not reused
+        return moved[id(value)][1]
     if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
+        return type(value)(_to(v, device, moved) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device, moved) for k, v in value.items()}
     return value
 
 
-class _Stop(Exception):
-    pass
-
-
 class LayerwiseRunner:
-    """Push cached calibration activations through the decoder one layer at a time (SparseGPT-style)."""
+    """Push cached calibration activations through the decoder one layer at a time (SparseGPT-style). Each layer
+    gets the arguments it gets in the model's own forward (layer_stream.capture_layer_inputs); an offloaded layer
+    (--max-memory) is read once per pass (layer_stream.on_device)."""
 
     def __init__(self, model: torch.nn.Module, layers: torch.nn.ModuleList, batches, device: torch.device):
         self.model, self.layers, self.device = model, layers, device
-        self.inputs: list[torch.Tensor] = []
-        self.kwargs: list[dict] = []
-        first = layers[0]
-        home = next(first.parameters()).device
-        first.to(device)
-
-        def catch(mod, args, kwargs):
-            self.inputs.append(_first_tensor(args, kwargs).detach().to(device))
-            kw = {k: _to(v, device) for k, v in kwargs.items() if k != "hidden_states"}
-            kw["use_cache"] = False
-            kw[cache_keyword(mod)] = None
-            self.kwargs.append(kw)
-            raise _Stop
-
-        h = first.register_forward_pre_hook(catch, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                for ids in batches:
-                    try:
-                        self.model(input_ids=ids.to(next(self.model.parameters()).device), use_cache=False)
-                    except _Stop:
-                        pass
-        finally:
-            h.remove()
-            first.to(home)
+        ids_device = input_device(model)
+        inputs, calls = capture_layer_inputs(model, layers, [ids.to(ids_device) for ids in batches])
+        moved: dict = {}
+        self.inputs: list[torch.Tensor] = [x.to(device) for x in inputs]
+        self.calls: list[list[tuple]] = [[(_to(args, device, moved), _to(kw, device, moved)) for args, kw in per]
+                                         for per in calls]
         self.tokens = sum(x.shape[0] * x.shape[1] for x in self.inputs)
 
     def collect_A(self, index: int, linears: dict[str, torch.nn.Linear], advance: bool = False) -> dict[str, torch.Tensor]:
@@ -225,7 +215,7 @@ class LayerwiseRunner:
         A: dict[str, torch.Tensor] = {}
         alias: dict[str, str] = {}
         seen: list[tuple[torch.Tensor, str]] = []
-        hooks = [mod.register_forward_hook(_input_hook(name, A, alias, seen)) for name, mod in linears.items()]
+        hooks = [mod.register_forward_hook(input_hook(name, A, alias, seen)) for name, mod in linears.items()]
         try:
             self.run(index, advance=advance, on_batch=seen.clear)
         finally:
@@ -240,15 +230,11 @@ class LayerwiseRunner:
     @torch.no_grad()
     def run(self, index: int, advance: bool = True, on_batch=None) -> None:
         layer = self.layers[index]
-        home = next(layer.parameters()).device
-        layer.to(self.device)
-        try:
-            for b, (x, kw) in enumerate(zip(self.inputs, self.kwargs)):
+        with on_device(layer, self.device):
+            for b, (x, (args, kw)) in enumerate(zip(self.inputs, self.calls[index])):
                 if on_batch is not None:
                     on_batch()
-                out = layer(x.to(self.device), **kw)
+                out = layer(x.to(self.device), *args, **kw)
                 out = out[0] if isinstance(out, tuple) else out
                 if advance:
                     self.inputs[b] = out.detach()
-        finally:
-            layer.to(home)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager, nullcontext
 
+from ...layer_stream import on_device
 from .curvature import Factors, LayerwiseRunner
 from .state import SurgeonRun
 
@@ -17,12 +19,13 @@ def layerwise_shot(run: SurgeonRun, n_matrices: int, score, decide, update, befo
     with run.stage("curvature and costs", run.n_layers, "layer") as bar:
         for i in range(run.n_layers):
             names = run.names([i])
-            A = runner.collect_A(i, {n: run.linears[n] for n in names}, advance=True)
-            f = Factors(A=A, tokens=runner.tokens)
-            if i == 0 and run.extras:
-                f.token_freq = run.token_freq()
-            run.peak_factor_bytes = max(run.peak_factor_bytes, f.nbytes())
-            score(names, f)
+            with _resident(run, i, names):
+                A = runner.collect_A(i, {n: run.linears[n] for n in names}, advance=True)
+                f = Factors(A=A, tokens=runner.tokens)
+                if i == 0 and run.extras:
+                    f.token_freq = run.token_freq()
+                run.peak_factor_bytes = max(run.peak_factor_bytes, f.nbytes())
+                score(names, f)
             bar.update(1)
     t1 = time.perf_counter()
     decide()
@@ -32,7 +35,21 @@ def layerwise_shot(run: SurgeonRun, n_matrices: int, score, decide, update, befo
     with run.stage("weight updates", n_matrices, "matrix"):
         for i in range(run.n_layers):
             names = run.names([i])
-            A = runner.collect_A(i, {n: run.linears[n] for n in names}, advance=False)
-            run.apply(update(names, Factors(A=A, tokens=runner.tokens)))
-            runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
+            with _resident(run, i, names):
+                A = runner.collect_A(i, {n: run.linears[n] for n in names}, advance=False)
+                run.apply(update(names, Factors(A=A, tokens=runner.tokens)))
+                runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
     return t1
+
+
+@contextmanager
+def _resident(run: SurgeonRun, i: int, names: list[str]):
+    """Layer ``i``'s weights readable for the duration (under --max-memory: read once from disk, and
+    ``run.params`` pointed at them, so costs and updates see them and ``run.apply`` can write into them)."""
+    layer = run.decoder_layers[i]
+    with on_device(layer, run.compute_device) if run.offload is not None else nullcontext():
+        if run.offload is not None:
+            own = dict(layer.named_parameters())
+            head = f"{run.ctx.graph.adapter.layers_prefix}.{i}."
+            run.params.update({n: own[n[len(head):]] for n in names})
+        yield

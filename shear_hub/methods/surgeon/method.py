@@ -18,10 +18,11 @@ K-FAC curvature), ``layerwise.py`` (curvature=layerwise), ``structured.py`` (mod
 
 from __future__ import annotations
 
-from ...structures.graph import Group
+from ...structures.graph import HIDDEN, Group
 from ..base import Citation, PruneContext, PruningMethod, register_method
 from .config import SurgeonConfig
 from .masks import select_masks
+from .offloaded import check_offloaded, offload_refusal
 from .state import start_run
 from .structured import select_structured
 
@@ -73,7 +74,18 @@ class SurgeonMethod(PruningMethod):
         return f"{cls.low_memory_option} (one layer at a time)"
 
     def select(self, ctx: PruneContext) -> list[Group]:
-        run = start_run(ctx, self.config)
+        return self._select(start_run(ctx, self.config))
+
+    def offload_refusal(self, kinds: list[str] | None) -> str | None:
+        return offload_refusal(self.config, bool(kinds) and HIDDEN in kinds)
+
+    def select_offloaded(self, ctx: PruneContext, offload) -> list[Group]:
+        """Under --max-memory: the K-FAC shot one decoder layer at a time (offloaded.py)."""
+        run = start_run(ctx, self.config, offload)
+        check_offloaded(run)
+        return self._select(run)
+
+    def _select(self, run) -> list[Group]:
         if self.config.mode != "structured":
             select_masks(run)
             return []

@@ -15,6 +15,7 @@ import torch
 
 from .curvature import Factors, collect_kfac
 from .layerwise import layerwise_shot
+from .offloaded import offloaded_shot
 from .state import SurgeonRun
 
 
@@ -43,7 +44,10 @@ def run_shot(run: SurgeonRun, score, decide, update, before_updates=None) -> Non
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + len(run.shot_log))
     t0 = time.perf_counter()
     n_matrices = len(run.names(list(range(run.n_layers))))
-    if run.config.curvature == "layerwise":
+    if run.offload is not None and run.config.curvature == "kfac":
+        t1 = offloaded_shot(run, score, decide, update)
+        chunks = [list(range(run.n_layers))]  # one layer-by-layer pass (and one more for the updates)
+    elif run.config.curvature == "layerwise":
         t1 = layerwise_shot(run, n_matrices, score, decide, update, before_updates)
     else:
         t1 = _kfac_shot(run, chunks, gen, n_matrices, score, decide, update)

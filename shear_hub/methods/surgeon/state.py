@@ -35,6 +35,7 @@ class SurgeonRun:
     needed: set[str] | None = None  # structured mode: only matrices that carry a cost or an update
     peak_factor_bytes: int = 0
     bar: object = None  # the open stage bar that matrix loops advance (``each``)
+    offload: object = None  # --max-memory: the offload run (layer streams, store of updated weights), else None
 
     def stage(self, what: str, total: int, unit: str):
         """A bar for one stage of a shot (curvature and costs, updates), below prune's select bar; vanishes when done."""
@@ -62,11 +63,15 @@ class SurgeonRun:
         return (counts / counts.sum()).to(self.compute_device)
 
     def apply(self, new: dict[str, torch.Tensor]) -> None:
-        """Write updated weights into the model (in place, keeping each parameter's device and dtype)."""
+        """Write updated weights into the model (in place, keeping each parameter's device and dtype); under
+        --max-memory into the offload run's store, which surgery reads."""
+        if self.offload is not None:
+            self.offload.store(new)
         with torch.no_grad():
             for name, w in new.items():
                 p = self.params[name]
-                p.copy_(w.to(device=p.device, dtype=p.dtype))
+                if p.device.type != "meta":  # offloaded weights: the store is what surgery reads
+                    p.copy_(w.to(device=p.device, dtype=p.dtype))
 
     def report(self) -> None:
         ctx = self.ctx
@@ -77,7 +82,7 @@ class SurgeonRun:
             ctx.report["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(self.compute_device) / 2**20, 1)
 
 
-def start_run(ctx: PruneContext, config: SurgeonConfig) -> SurgeonRun:
+def start_run(ctx: PruneContext, config: SurgeonConfig, offload=None) -> SurgeonRun:
     """The decoder linears the surgeon works on, the embedding / LM-head names and the compute device."""
     model, adapter = ctx.model, ctx.graph.adapter
     linears: dict[str, torch.nn.Linear] = {}
@@ -98,7 +103,7 @@ def start_run(ctx: PruneContext, config: SurgeonConfig) -> SurgeonRun:
         head_name=next((n for n, r in adapter.roles.items() if r.role == LM_HEAD and not r.is_bias), None),
         tied=ctx.graph.dims.tied_embeddings,
         extras=HIDDEN in ctx.kinds and ctx.graph.of_kind(HIDDEN) != [],
-        compute_device=torch.device(config.compute_device or ctx.device))
+        compute_device=torch.device(config.compute_device or ctx.device), offload=offload)
     if ctx.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # factor accumulation: TF32 is ample for curvature
     return run

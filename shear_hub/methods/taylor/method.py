@@ -45,6 +45,9 @@ class TaylorMethod(ScoringMethod):
         letters = report_letters(reported)
         return "LLM-Pruner" if letters == "pruner" or any(a in letters for a in cls.report_aliases) else None
 
+    def gradient_importance(self, ctx: PruneContext):
+        return lambda name, w, grad: (w.detach() * grad).abs().float()
+
     def score(self, ctx: PruneContext) -> torch.Tensor:
         weights = prunable_weights(ctx)
         model = ctx.model
@@ -55,11 +58,12 @@ class TaylorMethod(ScoringMethod):
             p.requires_grad_(True)
             p.grad = None
         n_batches = max(1, -(-len(ctx.calibration) // ctx.batch_size))
+        importance_of = self.gradient_importance(ctx)
         try:
             for ids in ctx.batches("gradients"):
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss / n_batches
                 loss.backward()
-            importance = {n: (p.detach() * p.grad).abs().float() for n, p in weights.items() if p.grad is not None}
+            importance = {n: importance_of(n, p, p.grad) for n, p in weights.items() if p.grad is not None}
         finally:
             for n, p in model.named_parameters():
                 p.grad = None
