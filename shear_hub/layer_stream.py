@@ -139,8 +139,11 @@ class LayerStream:
     """Forward and backward passes of the calibration batches through ``layers`` (the model's decoder layers),
     one layer resident at a time; staged activations live in ``workdir``."""
 
-    def __init__(self, model: nn.Module, layers: nn.ModuleList, batches: list[torch.Tensor], workdir: Path):
+    def __init__(self, model: nn.Module, layers: nn.ModuleList, batches: list[torch.Tensor], workdir: Path,
+                 prepare: Callable[[int, nn.Module], None] | None = None):
         self.model, self.layers, self.batches = model, layers, batches
+        # called with each layer's weights materialized, before it runs (e.g. to put a method's earlier updates in)
+        self.prepare = prepare or (lambda i, layer: None)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kwargs: list[list[tuple]] = [[] for _ in layers]
@@ -154,6 +157,7 @@ class LayerStream:
         for i, layer in enumerate(self.layers):
             self._stage(i)
             with onloaded(layer), torch.no_grad():
+                self.prepare(i, layer)
                 self.current = [_hidden(layer(x, *args, **kw)).detach()
                                 for x, (args, kw) in zip(self.current, self.kwargs[i])]
 
@@ -199,6 +203,8 @@ class LayerStream:
         for i in reversed(range(down_to, len(self.layers))):
             layer = self.layers[i]
             with onloaded(layer), torch.enable_grad():
+                with torch.no_grad():
+                    self.prepare(i, layer)
                 if before_layer is not None:
                     before_layer(i, layer)
                 for b, (args, kw) in enumerate(self.kwargs[i]):

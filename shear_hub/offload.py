@@ -243,8 +243,9 @@ class CappedRun:
         """(name, tensor) for ``names``: the stored update where the method wrote one, the dense weight otherwise."""
         from safetensors import safe_open
 
-        for name, tensor in materialized(model, [n for n in names if n not in self.updated]):
-            yield name, tensor
+        resident = [n for n in names if n not in self.updated]
+        if resident:
+            yield from materialized(model, resident)
         for name in names:
             if name in self.updated:
                 with safe_open(str(self.updated[name]), framework="pt") as f:
@@ -253,14 +254,28 @@ class CappedRun:
     def layers_prefix(self, ctx) -> str:
         return ctx.graph.adapter.layers_prefix
 
-    def stream(self, ctx, what: str):
-        """A LayerStream of ``ctx``'s calibration batches through the dispatched model's decoder layers."""
+    def stream(self, ctx, what: str, prepare=None):
+        """A LayerStream of ``ctx``'s calibration batches through the dispatched model's decoder layers;
+        ``prepare(i, layer)`` runs on each materialized layer before it is used."""
         from .layer_stream import LayerStream
 
         stage = self.workdir / f"stream-{what}"
         shutil.rmtree(stage, ignore_errors=True)
         layers = ctx.model.get_submodule(self.layers_prefix(ctx))
-        return LayerStream(ctx.model, layers, list(ctx.batches(what)), stage)
+        return LayerStream(ctx.model, layers, list(ctx.batches(what)), stage, prepare)
+
+    def restore(self, layer, prefix: str, zeroed: list) -> None:
+        """Put the stored updates of a materialized ``layer`` (weight names start with ``prefix``) back into it and
+        zero the slices of the ``zeroed`` groups there: the layer as a method that ran resident would have left it
+        (the surgeon's later shots)."""
+        from .structures.graph import zero_groups
+
+        own = dict(layer.named_parameters())
+        mine = [n for n in self.updated if n.startswith(prefix)]
+        with torch.no_grad():
+            for name, tensor in self.weights(None, mine):
+                own[name[len(prefix):]].copy_(tensor)
+        zero_groups(layer, zeroed, prefix)
 
     def build_pruned(self, graph, removed: list, layout: str):
         """surgery.build_pruned_model, one decoder layer at a time: slices staged as safetensors, then dispatched."""

@@ -52,8 +52,9 @@ def _logits(folder) -> torch.Tensor:
 @pytest.mark.parametrize("method, structures, options", [
     ("magnitude", "heads,mlp,hidden", {}), ("wanda", "heads,mlp,hidden", {}), ("wanda", "heads", {}),
     # gradients one decoder layer at a time (layer_stream.py); the surgeon's OBS updates staged on disk
-    ("taylor", "heads,mlp", {}), ("surgeon", "heads,mlp", {}), ("surgeon", "heads,qheads", {"fisher": "sampled"}),
-    ("surgeon", "heads,mlp", {"curvature": "layerwise"})])
+    # (two shots: the second shot's passes see the first one's updates and zeroed groups, put back per layer)
+    ("taylor", "heads,mlp", {}), ("surgeon", "heads,qheads", {"fisher": "sampled"}),
+    ("surgeon", "heads,mlp", {"shots": 2}), ("surgeon", "heads,mlp", {"curvature": "layerwise", "shots": 2})])
 def test_capped_prune_equals_uncapped(dense, tmp_path, method, structures, options, capsys):
     full = prune(str(dense), tmp_path / "full", method=method, sparsity=0.3, structures=structures,
                  method_options=options, **FAST)
@@ -108,7 +109,7 @@ def test_malformed_cap_is_one_line(dense, tmp_path, capsys, value, words):
 
 @pytest.mark.parametrize("args, words", [
     (["--method", "lorashear"], "--max-memory supports --method magnitude or wanda or taylor or surgeon"),
-    (["--method", "surgeon", "--option", "shots=2"], "drop shots=2"),
+    (["--method", "surgeon", "--option", "lora_rank=4"], "drop lora_rank=4"),
     (["--method", "surgeon", "--option", "mode=2:4"], "drop mode=2:4"),
     (["--method", "taylor", "--structures", "mlp,hidden"], "drop 'hidden' from --structures")])
 def test_settings_that_cannot_stream_are_refused_up_front(dense, tmp_path, args, words):

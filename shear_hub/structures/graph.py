@@ -137,14 +137,19 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def zero_groups(model: torch.nn.Module, groups: list[Group]) -> None:
+def zero_groups(model: torch.nn.Module, groups: list[Group], prefix: str | None = None) -> None:
     """Zero every slice of ``groups`` in place: the dense reference for masked-equivalence tests, and the way
-    iterative methods take structures out before surgery."""
+    iterative methods take structures out before surgery. With ``prefix``, ``model`` is the submodule of that name
+    (e.g. one decoder layer, ``model.layers.3.``) and only the slices inside it are zeroed."""
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
+    if prefix is not None:
+        params = {prefix + n: p for n, p in params.items()}
     with torch.no_grad():
         for group in groups:
             for s in group.slices:
+                if prefix is not None and not s.param.startswith(prefix):
+                    continue
                 tensor = params[s.param]
                 if s.dim == WHOLE:
                     tensor.zero_()

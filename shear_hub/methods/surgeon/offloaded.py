@@ -23,13 +23,12 @@ from .state import SurgeonRun
 def offload_refusal(cfg, hidden: bool) -> str | None:
     """What of these settings needs the whole model resident (None: they run under --max-memory)."""
     unsupported = [f"{key}={value}" for key, value, ok in (
-        ("mode", cfg.mode, cfg.mode == "structured"), ("shots", cfg.shots, cfg.shots == 1),
-        ("lora_rank", cfg.lora_rank, not cfg.lora_rank)) if not ok]
+        ("mode", cfg.mode, cfg.mode == "structured"), ("lora_rank", cfg.lora_rank, not cfg.lora_rank)) if not ok]
     if hidden:
         unsupported.append("'hidden' in --structures")
     if not unsupported:
         return None
-    return ("runs mode=structured, shots=1 without residual channels; drop "
+    return ("runs mode=structured without LoRA between shots or residual channels; drop "
             + ", ".join(unsupported))
 
 
@@ -54,7 +53,7 @@ def offloaded_shot(run: SurgeonRun, score, decide, update) -> float:
 
 def _shot(run: SurgeonRun, score, decide, update) -> float:
     ctx = run.ctx
-    stream = run.offload.stream(ctx, "surgeon curvature")
+    stream = run.offload.stream(ctx, "surgeon curvature", prepare=run.restore_layer)
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + len(run.shot_log))
     start = gen.get_state()
     stream.forward()

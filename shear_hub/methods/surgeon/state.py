@@ -36,6 +36,13 @@ class SurgeonRun:
     peak_factor_bytes: int = 0
     bar: object = None  # the open stage bar that matrix loops advance (``each``)
     offload: object = None  # --max-memory: the offload run (layer streams, store of updated weights), else None
+    zeroed: list = field(default_factory=list)  # groups removed (zeroed) by earlier shots
+
+    def restore_layer(self, i: int, layer: torch.nn.Module) -> None:
+        """Under --max-memory, on a freshly materialized decoder layer ``i``: earlier shots' updates and zeroed groups
+        (the resident path keeps them in the model itself)."""
+        if self.offload is not None:
+            self.offload.restore(layer, f"{self.ctx.graph.adapter.layers_prefix}.{i}.", self.zeroed)
 
     def stage(self, what: str, total: int, unit: str):
         """A bar for one stage of a shot (curvature and costs, updates), below prune's select bar; vanishes when done."""

@@ -43,7 +43,8 @@ def select_structured(run: SurgeonRun) -> list[Group]:
         run_shot(run, partial(score_matrices, run, index, dead, costs), partial(_decide, run, costs, removed, t, new),
                  partial(_update, run, index, dead, new), partial(_zero_embedding_slices, run, new))
         removed.update(new)
-        zero_groups(ctx.model, [groups[i] for i in removed])
+        run.zeroed = [groups[i] for i in sorted(removed)]
+        zero_groups(ctx.model, run.zeroed)
         run.shot_log[-1].update({"shot": t, "groups_removed": len(removed)})
         if cfg.lora_rank and t < T:
             lora_update(run, [groups[i] for i in removed])
