@@ -37,6 +37,10 @@ VARIANTS = {
     "calib=128x512": {"calib_samples": 128, "seq_len": 512},
     "shots=4,lora": {"method_options": {"shots": 4, "lora_rank": 8, "lora_steps": 20}},
     "taylor": {"method": "taylor"},  # reference: the project's first-order Taylor baseline at the same size
+    # per-layer layout (global allocation) with and without a floor on every layer's widths
+    "per-layer": {"layout": "per-layer"},
+    "per-layer,min_keep=0.25": {"layout": "per-layer", "method_options": {"min_keep": 0.25}},
+    "per-layer,min_keep=0.5": {"layout": "per-layer", "method_options": {"min_keep": 0.5}},
 }
 
 

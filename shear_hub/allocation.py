@@ -20,11 +20,13 @@ FINEST_FIRST = (MLP, QHEADS, HEADS, HIDDEN, LAYERS)
 
 
 def allocate(graph: StructureGraph, costs: torch.Tensor, params_to_remove: int, layout: str,
-             normalize: bool = True) -> list[Group]:
-    """Groups to remove so that about ``params_to_remove`` parameters go."""
+             normalize: bool = True, min_keep: float = 0.0) -> list[Group]:
+    """Groups to remove so that about ``params_to_remove`` parameters go; ``min_keep``: the fraction of each
+    layer's MLP channels, KV groups and query heads per group that the global threshold must leave (per-layer
+    layout: a floor against emptying a layer)."""
     if layout == "uniform" and any(g.kind in (ATTN_BLOCKS, MLP_BLOCKS) for g in graph.groups):
         raise ShearHubError("attn-blocks / mlp-blocks give layers different shapes; use --layout per-layer")
-    chosen = allocate_global(graph, costs, params_to_remove, normalize)
+    chosen = allocate_global(graph, costs, params_to_remove, normalize, min_keep)
     if layout == "uniform":
         chosen = uniformize(graph, costs, chosen, params_to_remove)
     return chosen
@@ -38,10 +40,10 @@ def _order(graph: StructureGraph, costs: torch.Tensor, normalize: bool) -> np.nd
 
 
 def allocate_global(graph: StructureGraph, costs: torch.Tensor, params_to_remove: int,
-                    normalize: bool = True) -> list[Group]:
+                    normalize: bool = True, min_keep: float = 0.0) -> list[Group]:
     tracker = DimsTracker(graph)
     start = tracker.params()
-    limits = _limits(graph)
+    limits = _limits(graph, min_keep)
     taken: dict[tuple, int] = {}
     chosen: list[Group] = []
     slack = 0.002 * start  # a coarse group that would overshoot by more than this is skipped for finer ones
@@ -63,14 +65,20 @@ def allocate_global(graph: StructureGraph, costs: torch.Tensor, params_to_remove
     return chosen
 
 
-def _limits(graph: StructureGraph) -> dict[tuple, int]:
-    """Keep every model runnable: one KV group / query slot per layer, half the residual stream, one layer."""
+def _limits(graph: StructureGraph, min_keep: float = 0.0) -> dict[tuple, int]:
+    """Keep every model runnable: one KV group / query slot per layer, half the residual stream, one layer; with
+    ``min_keep`` > 0 also that fraction (rounded up) of each layer's MLP channels, KV groups and query slots."""
     dims = graph.dims
     limits: dict[tuple, int] = {(HIDDEN, None): dims.hidden_size // 2, (LAYERS, None): 0}
+
+    def most(n: int) -> int:  # how many of n may go
+        return max(n - 1, 0) if min_keep <= 0 else max(min(n - 1, int(n * (1 - min_keep))), 0)
+
     for i, d in enumerate(dims.layers):
-        limits[(HEADS, i)] = max(d.num_key_value_heads - 1, 0)
-        rep = d.num_attention_heads // max(d.num_key_value_heads, 1)
-        limits[(QHEADS, i)] = max(rep - 1, 0)
+        limits[(HEADS, i)] = most(d.num_key_value_heads)
+        limits[(QHEADS, i)] = most(d.num_attention_heads // max(d.num_key_value_heads, 1))
+        if min_keep > 0:
+            limits[(MLP, i)] = int(d.intermediate_size * (1 - min_keep))
         limits[(LAYERS, i)] = 1
     limits.pop((LAYERS, None))
     return limits

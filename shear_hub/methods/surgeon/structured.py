@@ -61,7 +61,7 @@ def _decide(run: SurgeonRun, costs: torch.Tensor, removed: set[int], t: int, new
     if removed:
         c[list(removed)] = -math.inf
     chosen = allocate(ctx.graph, c, int(round(ctx.params_to_remove * t / run.config.shots)), ctx.layout,
-                      normalize=run.config.normalize)
+                      normalize=run.config.normalize, min_keep=run.config.min_keep)
     ids = {id(g): i for i, g in enumerate(groups)}
     new.extend(i for i in (ids[id(g)] for g in chosen) if i not in removed)
 
