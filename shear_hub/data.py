@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -49,18 +48,58 @@ def _read_file(path: Path) -> str:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
-            return "\n\n".join(str(t) for t in table.column(_text_column(table.column_names, path)).to_pylist() if t)
+            if pq.read_metadata(path).num_rows == 0:
+                return ""  # no rows (datasets refuses an empty split)
+            table = _read_table("parquet", path)
+            return "\n\n".join(str(t) for t in table[_text_column(table.column_names, path)] if t)
         if path.suffix in (".jsonl", ".json"):
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            return "\n\n".join(_row_text(row, path) for row in rows)
+            if _blank(path):
+                return ""  # no rows (datasets refuses an empty split)
+            return "\n\n".join(_row_text(row, path) for row in _read_table("json", path).to_list())
         return path.read_text(encoding="utf-8")
     except ShearHubError:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ShearHubError(f"cannot read data file {path} ({exc}); give UTF-8 text, JSON lines or parquet") from exc
-    except Exception as exc:  # pyarrow errors
+    except Exception as exc:  # other reader errors (pyarrow, datasets)
         raise ShearHubError(f"cannot read data file {path} ({exc}); is it a valid file of that type?") from exc
+
+
+def _blank(path: Path) -> bool:
+    """Nothing but white space in the file (read until the first other byte)."""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _read_table(kind: str, path: Path):
+    """The rows of a local JSON-lines / parquet file as a ``datasets.Dataset`` held in memory. The builder's cache is
+    a throwaway folder (nothing is left in the user's cache), nothing is fetched from the Hub, and its progress bars
+    and log lines stay off; a reader's error is raised as itself (ValueError for bad JSON or parquet)."""
+    import glob
+    import logging
+    import tempfile
+
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    bars, logger = datasets.is_progress_bar_enabled(), logging.getLogger("datasets")
+    level = logger.level
+    datasets.disable_progress_bars()
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with tempfile.TemporaryDirectory(prefix="shear-hub-data-") as cache:
+            # data_files is a glob pattern: escaped, a name with [ ] * ? is this one file
+            return datasets.load_dataset(kind, data_files=glob.escape(str(path.absolute())), split="train",
+                                         cache_dir=cache, keep_in_memory=True)
+    except DatasetGenerationError as exc:
+        raise (exc.__cause__ or exc) from None
+    finally:
+        logger.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _text_column(columns: list[str], where: object) -> str:
@@ -70,12 +109,9 @@ def _text_column(columns: list[str], where: object) -> str:
     raise ShearHubError(f"{where} has no 'text' column (columns: {', '.join(columns)}); add one or pick another source")
 
 
-def _row_text(row: object, where: Path) -> str:
-    if isinstance(row, str):
-        return row
-    if isinstance(row, dict):
-        return str(row[_text_column(list(row), where)])
-    raise ShearHubError(f"{where}: each JSON line must be an object with a 'text' field")
+def _row_text(row: dict, where: Path) -> str:
+    """A JSON line's text: the first of the text columns that the line has (a key it lacks reads as None)."""
+    return str(row[_text_column([key for key, value in row.items() if value is not None], where)])
 
 
 def _read_hub_dataset(spec: str) -> str:

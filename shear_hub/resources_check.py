@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,14 +63,20 @@ def skipped() -> bool:
 
 # ----------------------------------------------------------------- reading sizes without loading ------------------
 def _safetensors_header(path: Path) -> dict:
-    with path.open("rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError("file shorter than its header")
-        (length,) = struct.unpack("<Q", raw)
-        if length > 100 * 1024**2:
-            raise ValueError("implausible header length")
-        return json.loads(f.read(length))
+    """The header of a local safetensors file, ``{name: {"dtype", "shape", "data_offsets"}}`` plus ``"__metadata__"``
+    when it has any, read by huggingface_hub (the 8-byte length and the JSON after it; no tensor is read). Raises
+    OSError for a missing file and ValueError for one that is not safetensors."""
+    from huggingface_hub import parse_local_safetensors_file_metadata
+    from huggingface_hub.errors import SafetensorsParsingError
+
+    try:
+        parsed = parse_local_safetensors_file_metadata(path)
+    except SafetensorsParsingError as exc:
+        raise ValueError(str(exc)) from exc
+    header = {"__metadata__": parsed.metadata} if parsed.metadata else {}
+    for name, t in parsed.tensors.items():
+        header[name] = {"dtype": t.dtype, "shape": t.shape, "data_offsets": list(t.data_offsets)}
+    return header
 
 
 def _layer_key(name: str) -> str:

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_export_parser
+
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export-gguf",
+    add_export_parser(
+        subparsers, "export-gguf", output=("FILE", "output .gguf file"), options=_options,
         help="write a uniform Llama/Mistral/Qwen2/Qwen3 model and its tokenizer as a GGUF file (llama.cpp, Ollama)",
         description="Write FILE in llama.cpp's GGUF conventions (tensor names, q/k rotary permutation for Llama, "
         "hyperparameters, byte-level BPE tokenizer with merges and special tokens) with the gguf package, atomically. "
         "Uniform-layout folders only: llama.cpp has no per-layer widths, so per-layer folders are refused.",
     )
-    p.add_argument("model", metavar="MODEL", help="model folder, Hub id, .gguf file or the demo alias 'smollm2'")
-    p.add_argument("--output", "-o", required=True, metavar="FILE", help="output .gguf file (written atomically)")
+
+
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("f32", "f16", "bf16"), default="f32",
                    help="type of the 2-D weights (norms and biases stay f32, as llama.cpp keeps them)")
-    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code of MODEL")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_export_parser
+
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export-onnx",
+    add_export_parser(
+        subparsers, "export-onnx", output=("DIR", "output folder"), options=_options,
         help="export a (pruned) model to ONNX with KV cache, checked against PyTorch in onnxruntime",
         description="Write DIR/onnx/model.onnx (inputs input_ids, attention_mask, position_ids, "
         "past_key_values.{i}.key/value; outputs logits, present.{i}.key/value) with config.json, tokenizer and "
@@ -15,13 +17,12 @@ def add_parser(subparsers) -> None:
         "Works for uniform and per-layer models; per-layer cache entries may differ in KV heads (listed in "
         "config.json under shear_onnx). The export is validated on a prefill and a decode step before DIR appears.",
     )
-    p.add_argument("model", metavar="MODEL", help="model folder, Hub id, .gguf file or the demo alias 'smollm2'")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (written atomically)")
+
+
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "torch", "optimum"), default="auto",
                    help="exporter: optimum when importable for stock models (auto), else torch.onnx dynamo")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom modeling code of MODEL")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from ..graph import (
 Q, K, V, O, GATE, UP, DOWN = "q", "k", "v", "o", "gate", "up", "down"
 NORM, EMBED, LM_HEAD, FIXED = "norm", "embed", "lm_head", "fixed"
 ATTN_ROLES = (Q, K, V, O)
+QK_NORMS = ("self_attn.q_norm", "self_attn.k_norm")  # per-head q/k RMSNorms over head_dim (Qwen3, Gemma 3)
 MLP_ROLES = (GATE, UP, DOWN)
 _NOT_STOCK_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")  # set by the stock class
 
@@ -53,7 +54,8 @@ class ParamRole:
 class DecoderAdapter:
     """Llama-pattern decoder (q/k/v/o, gate/up/down, RMSNorm). Subclasses override names and config mapping."""
 
-    model_types: tuple[str, ...] = ()
+    stock_model_type: str = ""  # a family's config model_type, e.g. "llama": sets model_types and per_layer_model_type
+    model_types: tuple[str, ...] = ()  # the model_types served: the stock one and its per-layer twin
     layers_prefix = "model.layers"
     module_roles = {
         "self_attn.q_proj": Q, "self_attn.k_proj": K, "self_attn.v_proj": V, "self_attn.o_proj": O,
@@ -68,6 +70,12 @@ class DecoderAdapter:
     stock_config_name: str = ""  # the uniform layout's transformers config class, e.g. "MistralConfig"
     stock_architecture: str = ""  # and its architectures entry, e.g. "MistralForCausalLM"
     unsupported_reasons: dict[str, str] = {}  # kind -> why this family cannot remove it (shown in the error)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "stock_model_type" in vars(cls):  # a family's class serves its stock model_type and the per-layer twin
+            cls.per_layer_model_type = f"shear_{cls.stock_model_type}"
+            cls.model_types = (cls.stock_model_type, cls.per_layer_model_type)
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -115,10 +123,15 @@ class DecoderAdapter:
         if per_layer:
             layers = [LayerDims(d["num_attention_heads"], d["num_key_value_heads"], d["intermediate_size"]) for d in per_layer]
         else:
-            kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-            layers = [LayerDims(cfg.num_attention_heads, kv, cfg.intermediate_size) for _ in range(cfg.num_hidden_layers)]
+            layers = [self.config_layer_dims() for _ in range(cfg.num_hidden_layers)]
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return ModelDims(cfg.hidden_size, head_dim, cfg.vocab_size, layers, self.tied())
+
+    def config_layer_dims(self) -> LayerDims:
+        """Every layer's widths in a uniform (stock) config, which has no ``layer_dims``."""
+        cfg = self.config
+        kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        return LayerDims(cfg.num_attention_heads, kv, cfg.intermediate_size)
 
     def tied(self) -> bool:
         head = dict(self.model.named_parameters(remove_duplicate=False)).get("lm_head.weight")
@@ -228,13 +241,10 @@ class DecoderAdapter:
     def _groups_heads(self, dims: ModelDims) -> list[Group]:
         groups = []
         hd = dims.head_dim
-        for layer, d in enumerate(dims.layers):
-            if d.num_key_value_heads == 0:
-                continue
-            rep = d.num_attention_heads // d.num_key_value_heads
-            for g in range(d.num_key_value_heads):
-                q_idx = [i for h in range(g * rep, (g + 1) * rep) for i in range(h * hd, (h + 1) * hd)]
-                kv_idx = list(range(g * hd, (g + 1) * hd))
+        for layer, kv_heads, rep in _attention_layers(dims):
+            for g in range(kv_heads):
+                q_idx = _head_rows(range(g * rep, (g + 1) * rep), hd)
+                kv_idx = _head_rows([g], hd)
                 slices = self._rows(layer, Q, q_idx) + self._rows(layer, K, kv_idx) + self._rows(layer, V, kv_idx)
                 slices += self._cols(layer, O, q_idx)
                 groups.append(Group(HEADS, layer, g, slices))
@@ -242,16 +252,11 @@ class DecoderAdapter:
 
     def _groups_qheads(self, dims: ModelDims) -> list[Group]:
         groups = []
-        hd = dims.head_dim
-        for layer, d in enumerate(dims.layers):
-            if d.num_key_value_heads == 0:
-                continue
-            rep = d.num_attention_heads // d.num_key_value_heads
+        for layer, kv_heads, rep in _attention_layers(dims):
             if rep < 2:
                 continue  # MHA or one query head per group: nothing to remove inside a group
             for slot in range(rep):
-                heads = [g * rep + slot for g in range(d.num_key_value_heads)]
-                idx = [i for h in heads for i in range(h * hd, (h + 1) * hd)]
+                idx = _head_rows([g * rep + slot for g in range(kv_heads)], dims.head_dim)
                 groups.append(Group(QHEADS, layer, slot, self._rows(layer, Q, idx) + self._cols(layer, O, idx)))
         return groups
 
@@ -357,6 +362,18 @@ class DecoderAdapter:
         if hasattr(cfg, "layer_dims"):
             del cfg.layer_dims
         return cfg
+
+
+def _attention_layers(dims: ModelDims):
+    """(layer, its KV heads, query heads per KV head) of each layer that still has KV heads."""
+    for layer, d in enumerate(dims.layers):
+        if d.num_key_value_heads:
+            yield layer, d.num_key_value_heads, d.num_attention_heads // d.num_key_value_heads
+
+
+def _head_rows(heads, head_dim: int) -> list[int]:
+    """Row indices of ``heads`` in a projection whose rows are head_dim-sized heads, head after head."""
+    return [i for h in heads for i in range(h * head_dim, (h + 1) * head_dim)]
 
 
 def _numel(shape: tuple) -> int:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import torch
 
 from ...errors import ShearHubError
-from .base import EMBED, NORM, DecoderAdapter, ParamRole
+from .base import EMBED, NORM, QK_NORMS, DecoderAdapter, ParamRole
 
 
 class Gemma2Adapter(DecoderAdapter):
-    model_types = ("gemma2", "shear_gemma2")
-    per_layer_model_type = "shear_gemma2"
+    stock_model_type = "gemma2"
     module_roles = {
         **DecoderAdapter.module_roles,
         "pre_feedforward_layernorm": NORM, "post_feedforward_layernorm": NORM,
@@ -50,8 +49,7 @@ class Gemma2Adapter(DecoderAdapter):
 class Gemma3TextAdapter(Gemma2Adapter):
     """Gemma 3 text-only (Gemma3ForCausalLM): Gemma 2 plus per-head q/k norms (attention-owned, not sliced)."""
 
-    model_types = ("gemma3_text", "shear_gemma3_text")
-    per_layer_model_type = "shear_gemma3_text"
-    attn_fixed_modules = ("self_attn.q_norm", "self_attn.k_norm")
+    stock_model_type = "gemma3_text"
+    attn_fixed_modules = QK_NORMS
     stock_config_name = "Gemma3TextConfig"
     stock_architecture = "Gemma3ForCausalLM"

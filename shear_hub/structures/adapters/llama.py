@@ -7,8 +7,7 @@ from .base import DecoderAdapter, stock_config
 
 
 class LlamaAdapter(DecoderAdapter):
-    model_types = ("llama", "shear_llama")
-    per_layer_model_type = "shear_llama"
+    stock_model_type = "llama"
     stock_config_name = "LlamaConfig"
     stock_architecture = "LlamaForCausalLM"
 
@@ -27,7 +26,6 @@ class LlamaAdapter(DecoderAdapter):
 
 
 class MistralAdapter(DecoderAdapter):
-    model_types = ("mistral", "shear_mistral")
-    per_layer_model_type = "shear_mistral"
+    stock_model_type = "mistral"
     stock_config_name = "MistralConfig"
     stock_architecture = "MistralForCausalLM"

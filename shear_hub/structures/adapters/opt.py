@@ -14,14 +14,13 @@ import re
 
 from ...errors import ShearHubError
 from ..graph import ATTN_BLOCKS, HEADS, HIDDEN, LAYERS, MLP, MLP_BLOCKS, QHEADS, LayerDims, ModelDims
-from .base import DOWN, EMBED, FIXED, K, LM_HEAD, NORM, O, Q, UP, V, DecoderAdapter, ParamRole
+from .base import DOWN, EMBED, FIXED, K, LM_HEAD, NORM, O, Q, UP, V, DecoderAdapter, ParamRole, _numel
 
 _PREFIX = "model.decoder"
 
 
 class OPTAdapter(DecoderAdapter):
-    model_types = ("opt", "shear_opt")
-    per_layer_model_type = "shear_opt"
+    stock_model_type = "opt"
     layers_prefix = f"{_PREFIX}.layers"
     module_roles = {
         "self_attn.q_proj": Q, "self_attn.k_proj": K, "self_attn.v_proj": V, "self_attn.out_proj": O,
@@ -57,21 +56,12 @@ class OPTAdapter(DecoderAdapter):
             return None
         return ParamRole(NORM if m.group(1) == "final_layer_norm" else FIXED, None, m.group(2) == "bias")
 
-    def dims(self) -> ModelDims:
-        cfg = self.config
-        per_layer = getattr(cfg, "layer_dims", None)
-        if per_layer:
-            layers = [LayerDims(d["num_attention_heads"], d["num_key_value_heads"], d["intermediate_size"]) for d in per_layer]
-        else:
-            layers = [LayerDims(cfg.num_attention_heads, cfg.num_attention_heads, cfg.ffn_dim) for _ in range(cfg.num_hidden_layers)]
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return ModelDims(cfg.hidden_size, head_dim, cfg.vocab_size, layers, self.tied())
+    def config_layer_dims(self) -> LayerDims:
+        cfg = self.config  # multi-head (no num_key_value_heads), MLP width in ffn_dim
+        return LayerDims(cfg.num_attention_heads, cfg.num_attention_heads, cfg.ffn_dim)
 
     def _global_param_size(self, role: ParamRole, shape: tuple, H: int) -> int:
-        n = 1  # hidden never changes for OPT, and embed/lm_head are word_embed_proj_dim wide (project_in/out)
-        for s in shape:
-            n *= s
-        return n
+        return _numel(shape)  # hidden never changes for OPT, and embed/lm_head are word_embed_proj_dim wide
 
     def uniform_config(self, dims: ModelDims):
         cfg = self._resized_config(dims)

@@ -11,8 +11,7 @@ from ..graph import LayerDims
 
 
 class Phi3Adapter(DecoderAdapter):
-    model_types = ("phi3", "shear_phi3")
-    per_layer_model_type = "shear_phi3"
+    stock_model_type = "phi3"
     stock_config_name = "Phi3Config"
     stock_architecture = "Phi3ForCausalLM"
     module_roles = {
