@@ -142,12 +142,12 @@ def _gradient_importance(pruner, ctx, capped: "CappedRun", reduced: dict, totals
     model = ctx.model
 
     def before(i, layer):
-        for p in _params(layer, by_layer[i], capped.layers_prefix(ctx), i).values():
+        for p in ctx.graph.layer_params(i, layer, by_layer[i]).values():
             p.requires_grad_(True)
             p.grad = None
 
     def after(i, layer):
-        for name, p in _params(layer, by_layer[i], capped.layers_prefix(ctx), i).items():
+        for name, p in ctx.graph.layer_params(i, layer, by_layer[i]).items():
             if p.grad is not None:
                 reduce_importance(name, importance(name, p, p.grad), lambda _n, block: block, reduced, totals)
             p.grad = None
@@ -172,13 +172,6 @@ def layer_names(graph, names: list[str], method: str) -> dict[int, list[str]]:
                                 "drop 'hidden' from --structures, or drop --max-memory")
         by_layer.setdefault(role.layer, []).append(name)
     return by_layer
-
-
-def _params(layer, names: list[str], prefix: str, index: int) -> dict:
-    """The layer's parameters for the given full weight names (as they are now: materialized inside ``onloaded``)."""
-    head = f"{prefix}.{index}."
-    own = dict(layer.named_parameters())
-    return {n: own[n[len(head):]] for n in names}
 
 
 # ----------------------------------------------------------------- the capped run ---------------------------------
@@ -251,9 +244,6 @@ class CappedRun:
                 with safe_open(str(self.updated[name]), framework="pt") as f:
                     yield name, f.get_tensor(name)
 
-    def layers_prefix(self, ctx) -> str:
-        return ctx.graph.adapter.layers_prefix
-
     def stream(self, ctx, what: str, prepare=None):
         """A LayerStream of ``ctx``'s calibration batches through the dispatched model's decoder layers;
         ``prepare(i, layer)`` runs on each materialized layer before it is used."""
@@ -261,7 +251,7 @@ class CappedRun:
 
         stage = self.workdir / f"stream-{what}"
         shutil.rmtree(stage, ignore_errors=True)
-        layers = ctx.model.get_submodule(self.layers_prefix(ctx))
+        layers = ctx.graph.decoder_layers(ctx.model)
         return LayerStream(ctx.model, layers, list(ctx.batches(what)), stage, prepare)
 
     def restore(self, layer, prefix: str, zeroed: list) -> None:

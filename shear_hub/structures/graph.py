@@ -123,6 +123,29 @@ class StructureGraph:
         """Every parameter the graph knows a role of (the model's parameters, tied ones once), in model order."""
         return list(self.adapter.roles)
 
+    def weight_of_role(self, role: str) -> str | None:
+        """The first weight (not bias) with role ``role`` (e.g. the embedding, the LM head); None if none."""
+        return next((n for n, r in self.adapter.roles.items() if r.role == role and not r.is_bias), None)
+
+    @property
+    def layers_prefix(self) -> str:
+        """Module path of the decoder layers (``model.layers``)."""
+        return self.adapter.layers_prefix
+
+    def layer_prefix(self, index: int) -> str:
+        """Parameter-name prefix of decoder layer ``index`` (``model.layers.3.``)."""
+        return f"{self.adapter.layers_prefix}.{index}."
+
+    def decoder_layers(self, model: torch.nn.Module) -> torch.nn.ModuleList:
+        return model.get_submodule(self.adapter.layers_prefix)
+
+    def layer_params(self, index: int, layer: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Parameter]:
+        """Decoder layer ``index``'s parameters by their full names (``names``), as the module holds them now (under
+        --max-memory: the materialized ones while the layer is onloaded)."""
+        head = self.layer_prefix(index)
+        own = dict(layer.named_parameters())
+        return {n: own[n[len(head):]] for n in names}
+
     def projection_weights(self) -> list[str]:
         """Names of the attention / MLP projection weights (not their biases), in model order."""
         return [n for n, r in self.adapter.roles.items() if r.is_projection and not r.is_bias]

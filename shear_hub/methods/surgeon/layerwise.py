@@ -50,7 +50,5 @@ def _resident(run: SurgeonRun, i: int, names: list[str]):
     with on_device(layer, run.compute_device) if run.offload is not None else nullcontext():
         if run.offload is not None:
             run.restore_layer(i, layer)
-            own = dict(layer.named_parameters())
-            head = f"{run.ctx.graph.adapter.layers_prefix}.{i}."
-            run.params.update({n: own[n[len(head):]] for n in names})
+            run.params.update(run.ctx.graph.layer_params(i, layer, names))
         yield

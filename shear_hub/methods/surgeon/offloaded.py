@@ -74,7 +74,6 @@ def _pass(run: SurgeonRun, stream, gen: torch.Generator, down_to: int, use) -> N
     """One backward pass over the stream; ``use(names, factors)`` for each layer while its weights are resident."""
     seen: list = []
     state: dict = {}
-    prefix = f"{run.ctx.graph.adapter.layers_prefix}."
 
     def before(i: int, layer: torch.nn.Module) -> None:
         names = run.names([i])
@@ -88,10 +87,8 @@ def _pass(run: SurgeonRun, stream, gen: torch.Generator, down_to: int, use) -> N
         f = state.pop("f")
         normalize_factors(f, state.pop("alias"))
         run.peak_factor_bytes = max(run.peak_factor_bytes, f.nbytes())
-        own = dict(layer.named_parameters())
-        head = f"{prefix}{i}."
         names = state.pop("names")
-        run.params.update({n: own[n[len(head):]] for n in names})  # the materialized weights, for costs / updates
+        run.params.update(run.ctx.graph.layer_params(i, layer, names))  # the materialized weights: costs / updates
         use(names, f)
 
     stream.backward(lambda logits, ids: kfac_loss(logits, ids, run.config.fisher, gen), down_to=down_to,

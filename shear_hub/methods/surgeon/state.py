@@ -10,7 +10,7 @@ import torch
 
 from ...errors import ShearHubError
 from ...progress import bar as progress_bar
-from ...structures.adapters.base import ATTN_ROLES, EMBED, LM_HEAD, MLP_ROLES
+from ...structures.adapters.base import EMBED, LM_HEAD
 from ...structures.graph import HIDDEN
 from ..base import PruneContext
 from .config import SurgeonConfig
@@ -20,7 +20,6 @@ from .config import SurgeonConfig
 class SurgeonRun:
     ctx: PruneContext
     config: SurgeonConfig
-    roles: dict  # weight name -> adapter role
     linears: dict[str, torch.nn.Linear]  # decoder projections the surgeon scores / updates, by weight name
     layer_of: dict[str, int]  # weight name -> decoder layer
     params: dict[str, torch.nn.Parameter]
@@ -42,7 +41,11 @@ class SurgeonRun:
         """Under --max-memory, on a freshly materialized decoder layer ``i``: earlier shots' updates and zeroed groups
         (the resident path keeps them in the model itself)."""
         if self.offload is not None:
-            self.offload.restore(layer, f"{self.ctx.graph.adapter.layers_prefix}.{i}.", self.zeroed)
+            self.offload.restore(layer, self.ctx.graph.layer_prefix(i), self.zeroed)
+
+    def role(self, name: str):
+        """The structure graph's role of weight ``name`` (None for a tensor without one)."""
+        return self.ctx.graph.role(name)
 
     def stage(self, what: str, total: int, unit: str):
         """A bar for one stage of a shot (curvature and costs, updates), below prune's select bar; vanishes when done."""
@@ -91,25 +94,25 @@ class SurgeonRun:
 
 def start_run(ctx: PruneContext, config: SurgeonConfig, offload=None) -> SurgeonRun:
     """The decoder linears the surgeon works on, the embedding / LM-head names and the compute device."""
-    model, adapter = ctx.model, ctx.graph.adapter
+    model, graph = ctx.model, ctx.graph
     linears: dict[str, torch.nn.Linear] = {}
     layer_of: dict[str, int] = {}
-    for name, role in adapter.roles.items():
-        if role.layer is not None and role.role in ATTN_ROLES + MLP_ROLES and not role.is_bias:
+    for name in graph.projection_weights():
+        layer = graph.role(name).layer
+        if layer is not None:
             mod = model.get_submodule(name.removesuffix(".weight"))
             if isinstance(mod, torch.nn.Linear):
                 linears[name] = mod
-                layer_of[name] = role.layer
+                layer_of[name] = layer
     if not linears:
         raise ShearHubError(f"{type(model).__name__} has no linear projections the surgeon can use")
-    decoder_layers = model.get_submodule(adapter.layers_prefix)
+    decoder_layers = graph.decoder_layers(model)
     run = SurgeonRun(
-        ctx=ctx, config=config, roles=adapter.roles, linears=linears, layer_of=layer_of,
+        ctx=ctx, config=config, linears=linears, layer_of=layer_of,
         params=dict(model.named_parameters()), decoder_layers=decoder_layers, n_layers=len(decoder_layers),
-        embed_name=next((n for n, r in adapter.roles.items() if r.role == EMBED and not r.is_bias), None),
-        head_name=next((n for n, r in adapter.roles.items() if r.role == LM_HEAD and not r.is_bias), None),
-        tied=ctx.graph.dims.tied_embeddings,
-        extras=HIDDEN in ctx.kinds and ctx.graph.of_kind(HIDDEN) != [],
+        embed_name=graph.weight_of_role(EMBED), head_name=graph.weight_of_role(LM_HEAD),
+        tied=graph.dims.tied_embeddings,
+        extras=HIDDEN in ctx.kinds and graph.of_kind(HIDDEN) != [],
         compute_device=torch.device(config.compute_device or ctx.device), offload=offload)
     if ctx.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # factor accumulation: TF32 is ample for curvature

@@ -75,7 +75,7 @@ def _zero_embedding_slices(run: SurgeonRun, new: list[int]) -> None:
     """Layerwise: the new groups' embedding / LM-head columns go before the activations are re-cached."""
     groups = run.ctx.graph.groups
     zero_groups(run.ctx.model, [Group(g.kind, g.layer, g.index, [s for s in g.slices
-                if run.roles[s.param].layer is None]) for g in (groups[i] for i in new)])
+                if run.role(s.param).layer is None]) for g in (groups[i] for i in new)])
 
 
 def slice_counts(run: SurgeonRun, group: Group, s) -> bool:
@@ -85,9 +85,9 @@ def slice_counts(run: SurgeonRun, group: Group, s) -> bool:
     so their row costs and updates would count and compensate the same loss a second time."""
     if run.config.coupling != "consumer" or group.kind not in _COUPLED:
         return True
-    role = run.roles.get(s.param)
+    role = run.role(s.param)
     return role is None or role.role not in _PRODUCERS or not any(
-        (r := run.roles.get(x.param)) is not None and r.role in (O, DOWN) for x in group.slices)
+        (r := run.role(x.param)) is not None and r.role in (O, DOWN) for x in group.slices)
 
 
 def _matrix(run: SurgeonRun, name: str, f: Factors, dead: dict) -> dict | None:
