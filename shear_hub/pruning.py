@@ -10,6 +10,7 @@ import torch
 
 from . import __version__
 from .data import BUILTIN_CALIB, load_text, split_calibration, tokenize_text
+from .self_calibration import check_self_spec, is_self, self_calibration_text
 from .errors import ShearHubError
 from .evaluation.perplexity import windows_perplexity
 from .evaluation.report import data_label
@@ -117,7 +118,8 @@ def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: 
     windows are cut out of the text the method sees whether or not they are measured, so ``evaluate`` never changes
     the pruned model.
     ``max_memory``: accelerate's per-device cap for the weights (``"cpu=2GiB"``, ``{"cpu": 2**31}``); what does not
-    fit is offloaded to disk and streamed (shear_hub/offload.py; methods with ``weight_importance``, memory_plan.py)."""
+    fit is offloaded to disk and streamed (shear_hub/offload.py; which methods stream: memory_plan.py)."""
+    check_self_spec(calib)  # a malformed --calib self:... fails before any model work
     setup = _check_job(model, output, method=method, sparsity=sparsity, layout=layout, structures=structures,
                        calib_samples=calib_samples, seq_len=seq_len, device=device, dtype=dtype, save_dtype=save_dtype,
                        overwrite=overwrite, method_options=method_options, trust_remote_code=trust_remote_code,
@@ -226,11 +228,22 @@ def _cut_text(dense, tokenizer, pruner: PruningMethod, *, calib: str | None, cal
     if pruner.needs_calibration or evaluate:
         with stage("calibration data" if pruner.needs_calibration else "held-out text", enabled=progress,
                    timings=timings, key="calibration_data"):
-            tokens = tokenize_text(tokenizer, load_text(calib))
+            tokens = tokenize_text(tokenizer, _calibration_source(dense, tokenizer, calib, calib_samples, seq_len,
+                                                                  seed, eval_windows * text.held_len))
             text.calibration, stream, text.held_out, _ = split_calibration(
                 tokens, calib_samples if pruner.needs_calibration else 0, seq_len, seed, eval_windows, text.held_len)
             text.calibration_tokens = stream if pruner.needs_calibration else None
     return text
+
+
+def _calibration_source(dense, tokenizer, calib: str | None, samples: int, seq_len: int, seed: int,
+                        held_tokens: int) -> str:
+    """The calibration text: ``--calib self`` samples it from the dense model (enough for the calibration windows
+    and the held-out slice), anything else is read (data.load_text)."""
+    if not is_self(calib):
+        return load_text(calib)
+    extra = -(-held_tokens // seq_len) + 2  # the held-out windows are cut from the same text
+    return self_calibration_text(dense, tokenizer, calib, samples=samples + extra, seq_len=seq_len, seed=seed)
 
 
 def _held_out_perplexity(when: str, model, held_out: torch.Tensor, batch_size: int, progress: bool,

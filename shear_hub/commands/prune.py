@@ -62,7 +62,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--structures", default=None,
                    help=f"comma list of {','.join(KINDS)} (default: {','.join(DEFAULT_STRUCTURES)}, less what the "
                    "layout cannot hold for the architecture, e.g. mlp for OPT in the uniform layout)")
-    p.add_argument("--calib", default=None, help="calibration text: .txt/.jsonl/.parquet or Hub dataset name[:config[:split]] (default: built-in)")
+    p.add_argument("--calib", default=None, help="calibration text: .txt/.jsonl/.parquet, Hub dataset name[:config[:split]], builtin:pydocs, or self "
+                   "(sampled from the model itself; self:START-END sets the temperature schedule) (default: built-in)")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration windows (default 32)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
