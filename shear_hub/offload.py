@@ -102,13 +102,13 @@ def capped_select(pruner, ctx, capped: "CappedRun") -> list:
     importance from the weights (one module at a time) or from the weights and their gradients (one decoder layer
     at a time, layer_stream.py)."""
     from .allocation import allocate
-    from .methods.base import PruningMethod, costs_from_reduced, normalize_per_layer
+    from .methods.base import costs_from_reduced, normalize_per_layer
 
-    if type(pruner).select_offloaded is not PruningMethod.select_offloaded:
+    if pruner.defines("select_offloaded"):
         return pruner.select_offloaded(ctx, capped)
     reduced: dict = {}
     totals: dict = {}
-    if type(pruner).gradient_importance is not PruningMethod.gradient_importance:
+    if pruner.defines("gradient_importance"):
         _gradient_importance(pruner, ctx, capped, reduced, totals)
     else:
         _weight_importance(pruner, ctx, reduced, totals)
@@ -186,13 +186,16 @@ class CappedRun:
         self.output = out
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.updated: dict[str, Path] = {}  # weight name -> staged file holding the method's updated tensor
+        self._parts = 0  # staged update files written so far
 
-    def check(self, model_path: str, spec: str, sparsity: float) -> None:
-        """Before anything loads: the cap holds the largest unit, the disk holds the staged pruned weights."""
+    def check(self, model_path: str, spec: str, sparsity: float, writes_updates: bool = False) -> None:
+        """Before anything loads: the cap holds the largest unit, the disk holds the staged pruned weights (and,
+        for a method that updates weights, one updated copy of the decoder layers)."""
         plan = check_cap(self.cap, model_path, self.dtype_name, spec=spec)
         self.plan = plan
         # staged pruned weights (compute dtype) + the saved folder: at most the dense size each
-        check_offload_disk(self.output.parent, int(plan.total_bytes * (1 - sparsity)) * 2)
+        needed = int(plan.total_bytes * (1 - sparsity)) * 2 + (plan.total_bytes if writes_updates else 0)
+        check_offload_disk(self.output.parent, needed)
 
     @property
     def workdir(self) -> Path:
@@ -227,10 +230,13 @@ class CappedRun:
             return
         folder = self.workdir / "updated"
         folder.mkdir(exist_ok=True)
-        file = folder / f"part-{len(list(folder.iterdir())):05d}.safetensors"
+        self._parts += 1  # a new name each time: earlier files may still be read
+        file = folder / f"part-{self._parts:05d}.safetensors"
         dtype = parse_dtype(self.dtype_name)
         save_file({n: t.detach().to("cpu", dtype).contiguous() for n, t in new.items()}, str(file))
         self.updated.update({n: file for n in new})
+        for old in set(folder.iterdir()) - set(self.updated.values()):  # superseded by a later shot's updates
+            old.unlink()
 
     def weights(self, model, names: list[str]):
         """(name, tensor) for ``names``: the stored update where the method wrote one, the dense weight otherwise."""

@@ -176,7 +176,7 @@ def _check_job(model: str, output: str | Path, *, method: str, sparsity: float, 
         raise ShearHubError(f"--method {method} under --max-memory {why}, or drop --max-memory")
     capped = None if cap is None else CappedRun(cap, output, dtype, trust_remote_code)
     if capped is not None:  # the cap replaces the RAM estimate: the header plan must fit one unit in it
-        capped.check(source.weights_path, model, sparsity)
+        capped.check(source.weights_path, model, sparsity, writes_updates=pruner.defines("select_offloaded"))
     else:
         check_prune(source.weights_path, output, method=method,
                     sparsity=sparsity, dtype=dtype, calib_samples=calib_samples, seq_len=seq_len,
@@ -261,7 +261,7 @@ def _select_and_cut(setup: _Setup, ctx: PruneContext, method: str, progress: boo
     with stage("surgery", enabled=progress, timings=timings, key="surgery"):
         pruned, new_dims = (build_pruned_model(ctx.graph, removed, ctx.layout) if capped is None
                             else capped.build_pruned(ctx.graph, removed, ctx.layout))
-    if type(pruner).after_surgery is not PruningMethod.after_surgery:  # e.g. recovery inside the method
+    if pruner.defines("after_surgery"):  # e.g. recovery inside the method
         with stage(f"after surgery ({method})", enabled=progress, timings=timings, key="after_surgery"):
             pruner.after_surgery(pruned, ctx)
     return removed, pruned, new_dims

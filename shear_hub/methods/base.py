@@ -130,17 +130,20 @@ class PruningMethod(ABC):
         """Why these settings cannot run under ``--max-memory`` (None: they can), checked before anything loads.
         Default: gradient methods score decoder layers only (an embedding's gradient is as large as the
         embedding)."""
-        if (type(self).gradient_importance is not PruningMethod.gradient_importance and kinds
-                and HIDDEN in kinds):
+        if self.defines("gradient_importance") and kinds and HIDDEN in kinds:
             return "scores decoder layers only; drop 'hidden' from --structures"
         return None
+
+    @classmethod
+    def defines(cls, hook: str) -> bool:
+        """Whether the method overrides the optional hook ``hook`` (e.g. ``"select_offloaded"``)."""
+        return getattr(cls, hook) is not getattr(PruningMethod, hook)
 
     @classmethod
     def streams_weights(cls) -> bool:
         """Whether the method runs under ``--max-memory`` (it defines ``weight_importance``,
         ``gradient_importance`` or ``select_offloaded``)."""
-        return any(getattr(cls, hook) is not getattr(PruningMethod, hook)
-                   for hook in ("weight_importance", "gradient_importance", "select_offloaded"))
+        return any(cls.defines(hook) for hook in ("weight_importance", "gradient_importance", "select_offloaded"))
 
     # ----- hooks core calls on the class (before any model is loaded) -------------------------------------------
     @classmethod
