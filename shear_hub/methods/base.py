@@ -9,6 +9,9 @@ declares everything core needs as class attributes and hooks, and registers itse
     needs_calibration, needs_gradients  what it reads (calibration windows) and whether it back-propagates
     memory_estimate(mem)                bytes of its scoring state, by part (the pre-flight resource check)
     low_memory_hint()                   what to try when that check fails
+    weight_importance / gradient_importance / select_offloaded / offload_refusal
+                                        optional: how it runs under --max-memory (weights streamed from disk; see
+                                        the hooks' docstrings and shear_hub/offload.py)
 
 Core (pruning.py, resources_check.py, hub/card.py, cli.py) reads these and never a method's name. The packages in
 ``shear_hub/methods/`` are discovered with pkgutil, installed plug-ins through the ``shear_hub.methods`` entry-point
