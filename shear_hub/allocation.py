@@ -26,7 +26,8 @@ def allocate(graph: StructureGraph, costs: torch.Tensor, params_to_remove: int, 
     layout: a floor against emptying a layer)."""
     if layout == "uniform" and any(g.kind in (ATTN_BLOCKS, MLP_BLOCKS) for g in graph.groups):
         raise ShearHubError("attn-blocks / mlp-blocks give layers different shapes; use --layout per-layer")
-    chosen = allocate_global(graph, costs, params_to_remove, normalize, min_keep)
+    # the floor is a per-layer matter: uniform takes its kind split from the unconstrained global ranking
+    chosen = allocate_global(graph, costs, params_to_remove, normalize, min_keep if layout != "uniform" else 0.0)
     if layout == "uniform":
         chosen = uniformize(graph, costs, chosen, params_to_remove)
     return chosen

@@ -57,3 +57,10 @@ def test_uniform_removes_the_same_count_per_layer(graph):
     chosen = allocate(graph, _cheap_layer_costs(graph, 1), DimsTracker(graph).params() // 5, "uniform")
     counts = {(kind, layer): _kept(graph, chosen, kind, layer) for kind in ("heads", "mlp") for layer in range(4)}
     assert len({counts[("mlp", i)] for i in range(4)}) == 1 and len({counts[("heads", i)] for i in range(4)}) == 1
+
+
+def test_min_keep_leaves_the_uniform_layout_alone(graph):
+    costs = _cheap_layer_costs(graph, 1)
+    budget = DimsTracker(graph).params() // 5
+    plain = allocate(graph, costs, budget, "uniform")
+    assert [id(g) for g in allocate(graph, costs, budget, "uniform", min_keep=0.5)] == [id(g) for g in plain]
