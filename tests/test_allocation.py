@@ -64,3 +64,27 @@ def test_min_keep_leaves_the_uniform_layout_alone(graph):
     budget = DimsTracker(graph).params() // 5
     plain = allocate(graph, costs, budget, "uniform")
     assert [id(g) for g in allocate(graph, costs, budget, "uniform", min_keep=0.5)] == [id(g) for g in plain]
+
+
+def test_surgeon_floor_defaults_on_for_post_norm_architectures(tmp_path):
+    """Gemma 2/3 (a norm after each sublayer) get min_keep 0.5 unless set; Llama-pattern models none."""
+    import json
+
+    from test_architectures import tiny_model
+    from tiny_models import build_tokenizer
+
+    from shear_hub.pruning import prune
+
+    model = tiny_model("gemma3_text")
+    model.config._attn_implementation = None
+    model.save_pretrained(tmp_path / "dense")
+    build_tokenizer().save_pretrained(tmp_path / "dense")
+    for options, floor in (({}, 0.5), ({"min_keep": 0.0}, 0.0)):
+        out = tmp_path / f"out-{floor}"
+        prune(str(tmp_path / "dense"), out, layout="per-layer", sparsity=0.3, structures="mlp", calib_samples=4,
+              seq_len=16, progress=False, evaluate=False, method_options=options)
+        report = json.loads((out / "pruning_report.json").read_text())
+        assert report["method_report"]["min_keep"] == floor
+        widths = [layer["intermediate_size"] for layer in report["dims_after"]["layers"]]
+        if floor:
+            assert min(widths) >= 40 * floor, widths

@@ -128,6 +128,11 @@ class StructureGraph:
         return next((n for n, r in self.adapter.roles.items() if r.role == role and not r.is_bias), None)
 
     @property
+    def post_sublayer_norms(self) -> bool:
+        """Whether a norm follows each attention / MLP output before the residual add (Gemma 2/3)."""
+        return bool(getattr(self.adapter, "post_sublayer_norms", False))
+
+    @property
     def layers_prefix(self) -> str:
         """Module path of the decoder layers (``model.layers``)."""
         return self.adapter.layers_prefix

@@ -61,9 +61,18 @@ def _decide(run: SurgeonRun, costs: torch.Tensor, removed: set[int], t: int, new
     if removed:
         c[list(removed)] = -math.inf
     chosen = allocate(ctx.graph, c, int(round(ctx.params_to_remove * t / run.config.shots)), ctx.layout,
-                      normalize=run.config.normalize, min_keep=run.config.min_keep)
+                      normalize=run.config.normalize, min_keep=_min_keep(run))
     ids = {id(g): i for i, g in enumerate(groups)}
     new.extend(i for i in (ids[id(g)] for g in chosen) if i not in removed)
+
+
+def _min_keep(run: SurgeonRun) -> float:
+    """The per-layer floor: the configured one, else 0.5 where a norm follows each sublayer (Gemma 2/3), else 0."""
+    value = run.config.min_keep
+    if value is None:
+        value = 0.5 if run.ctx.graph.post_sublayer_norms else 0.0
+    run.ctx.report["min_keep"] = value  # the floor used, also when it came from the architecture
+    return value
 
 
 def _update(run: SurgeonRun, index: SliceIndex, dead: dict, new: list[int], names, f: Factors):

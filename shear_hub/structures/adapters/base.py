@@ -57,6 +57,9 @@ class DecoderAdapter:
     stock_model_type: str = ""  # a family's config model_type, e.g. "llama": sets model_types and per_layer_model_type
     model_types: tuple[str, ...] = ()  # the model_types served: the stock one and its per-layer twin
     layers_prefix = "model.layers"
+    # a norm after each attention / MLP output before the residual add (Gemma 2/3's sandwich norms): it rescales a
+    # nearly emptied block's output back up, which the surgeon's quadratic costs do not see
+    post_sublayer_norms: bool = False
     module_roles = {
         "self_attn.q_proj": Q, "self_attn.k_proj": K, "self_attn.v_proj": V, "self_attn.o_proj": O,
         "mlp.gate_proj": GATE, "mlp.up_proj": UP, "mlp.down_proj": DOWN,

@@ -20,6 +20,7 @@ from .base import EMBED, NORM, QK_NORMS, DecoderAdapter, ParamRole
 
 class Gemma2Adapter(DecoderAdapter):
     stock_model_type = "gemma2"
+    post_sublayer_norms = True
     module_roles = {
         **DecoderAdapter.module_roles,
         "pre_feedforward_layernorm": NORM, "post_feedforward_layernorm": NORM,
