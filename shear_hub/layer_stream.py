@@ -131,7 +131,8 @@ def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, batches) -> tu
     return inputs, calls
 
 
-def _hidden(out):
+def layer_output(out):
+    """The hidden states a decoder layer returns (a tensor, or the first item of a tuple in some families)."""
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -158,7 +159,7 @@ class LayerStream:
             self._stage(i)
             with onloaded(layer), torch.no_grad():
                 self.prepare(i, layer)
-                self.current = [_hidden(layer(x, *args, **kw)).detach()
+                self.current = [layer_output(layer(x, *args, **kw)).detach()
                                 for x, (args, kw) in zip(self.current, self.kwargs[i])]
 
     def _capture(self) -> None:
@@ -169,11 +170,13 @@ class LayerStream:
 
         save_file({f"b{b}": x.contiguous() for b, x in enumerate(self.current)}, str(self.workdir / f"in{i}.safetensors"))
 
-    def _staged(self, i: int, b: int) -> torch.Tensor:
+    @contextmanager
+    def _staged(self, i: int) -> Iterator[Callable[[int], torch.Tensor]]:
+        """Layer ``i``'s staged inputs, the file opened once for all its batches: yields ``batch -> tensor``."""
         from safetensors import safe_open
 
         with safe_open(str(self.workdir / f"in{i}.safetensors"), framework="pt") as f:
-            return f.get_tensor(f"b{b}").to(self.current[b].device)
+            yield lambda b: f.get_tensor(f"b{b}").to(self.current[b].device)
 
     # ------------------------------------------------------------------------------------------------ backward ---
     def head_gradients(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
@@ -202,7 +205,7 @@ class LayerStream:
         grads = self.head_gradients(loss_fn)
         for i in reversed(range(down_to, len(self.layers))):
             layer = self.layers[i]
-            with onloaded(layer), torch.enable_grad():
+            with onloaded(layer), torch.enable_grad(), self._staged(i) as staged:
                 with torch.no_grad():
                     self.prepare(i, layer)
                 if before_layer is not None:
@@ -210,8 +213,8 @@ class LayerStream:
                 for b, (args, kw) in enumerate(self.kwargs[i]):
                     if on_batch is not None:
                         on_batch()
-                    x = self._staged(i, b).requires_grad_(True)
-                    _hidden(layer(x, *args, **kw)).backward(grads[b])
+                    x = staged(b).requires_grad_(True)
+                    layer_output(layer(x, *args, **kw)).backward(grads[b])
                     grads[b] = x.grad.detach()
                     del x
                 if after_layer is not None:

@@ -245,9 +245,13 @@ class CappedRun:
         resident = [n for n in names if n not in self.updated]
         if resident:
             yield from materialized(model, resident)
+        by_file: dict[Path, list[str]] = {}
         for name in names:
             if name in self.updated:
-                with safe_open(str(self.updated[name]), framework="pt") as f:
+                by_file.setdefault(self.updated[name], []).append(name)
+        for file, stored in by_file.items():  # each staged file opened once
+            with safe_open(str(file), framework="pt") as f:
+                for name in stored:
                     yield name, f.get_tensor(name)
 
     def stream(self, ctx, what: str, prepare=None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ShearHubError
+from .layer_stream import input_device
 
 SPEC = "self"
 START_TEMPERATURE = 1.5
@@ -64,7 +65,7 @@ def self_calibration_text(model, tokenizer, spec: str, *, samples: int, seq_len:
     first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if first is None:
         raise ShearHubError("--calib self needs a tokenizer with a beginning- or end-of-sequence token; give a text")
-    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    device = input_device(model)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     texts: list[str] = []
     was_training = model.training

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...layer_stream import capture_layer_inputs, input_device, on_device
+from ...layer_stream import capture_layer_inputs, input_device, layer_output, on_device
 
 
 @dataclass
@@ -234,7 +234,6 @@ class LayerwiseRunner:
             for b, (x, (args, kw)) in enumerate(zip(self.inputs, self.calls[index])):
                 if on_batch is not None:
                     on_batch()
-                out = layer(x.to(self.device), *args, **kw)
-                out = out[0] if isinstance(out, tuple) else out
+                out = layer_output(layer(x.to(self.device), *args, **kw))
                 if advance:
                     self.inputs[b] = out.detach()
