@@ -48,6 +48,15 @@ class PruneResult:
     perplexity_after: float | None = None
 
 
+def calibration_size(method: str, calib_samples: int | None, seq_len: int | None) -> tuple:
+    """The calibration windows and their length: what the caller gave, else the method's declared default (an
+    unknown method keeps None here and is refused with the other checks)."""
+    if calib_samples is not None and seq_len is not None:
+        return calib_samples, seq_len
+    default = METHODS[method].calibration_size if method in METHODS else (None, None)
+    return (default[0] if calib_samples is None else calib_samples), (default[1] if seq_len is None else seq_len)
+
+
 def parse_structures(value: str | list[str] | tuple[str, ...]) -> list[str]:
     kinds = [k.strip() for k in (value.split(",") if isinstance(value, str) else value) if k.strip()]
     bad = [k for k in kinds if k not in KINDS]
@@ -102,8 +111,8 @@ class _Text:
 
 @quiet_library_bars
 def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: float = 0.2, layout: str = "uniform",
-          structures: str | list[str] | None = None, calib: str | None = None, calib_samples: int = 32,
-          seq_len: int = 256, device: str = "cpu", dtype: str = "float32", save_dtype: str = "auto", seed: int = 0,
+          structures: str | list[str] | None = None, calib: str | None = None,
+          calib_samples: int | None = None, seq_len: int | None = None, device: str = "cpu", dtype: str = "float32", save_dtype: str = "auto", seed: int = 0,
           overwrite: bool = False,
           method_options: dict | None = None, trust_remote_code: bool = False, batch_size: int = 4,
           progress: bool = True, command: str | None = None, return_model: bool = False, evaluate: bool = True,
@@ -117,9 +126,12 @@ def prune(model: str, output: str | Path, *, method: str = "surgeon", sparsity: 
     of the calibration text that overlap no calibration window (report.evaluation["heldout_perplexity"]). Those
     windows are cut out of the text the method sees whether or not they are measured, so ``evaluate`` never changes
     the pruned model.
+    ``calib_samples`` / ``seq_len``: calibration windows and their length; None: the method's ``calibration_size``
+    (the surgeon 128 x 512, the other built-in methods 32 x 256).
     ``max_memory``: accelerate's per-device cap for the weights (``"cpu=2GiB"``, ``{"cpu": 2**31}``); what does not
     fit is offloaded to disk and streamed (shear_hub/offload.py; which methods stream: memory_plan.py)."""
     check_self_spec(calib)  # a malformed --calib self:... fails before any model work
+    calib_samples, seq_len = calibration_size(method, calib_samples, seq_len)
     setup = _check_job(model, output, method=method, sparsity=sparsity, layout=layout, structures=structures,
                        calib_samples=calib_samples, seq_len=seq_len, device=device, dtype=dtype, save_dtype=save_dtype,
                        overwrite=overwrite, method_options=method_options, trust_remote_code=trust_remote_code,

@@ -79,3 +79,14 @@ def test_config_decided_refusals_come_before_calibration(tmp_path, tiny_folder, 
                       seq_len=32, progress=False)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not calls and not out.exists()
+
+
+def test_calibration_size_defaults_to_the_methods_own():
+    args = build_parser().parse_args(["prune", "m", "--output", "o"])
+    assert (args.calib_samples, args.seq_len) == (None, None)
+    assert pruning.calibration_size("surgeon", None, None) == (128, 512)
+    assert pruning.calibration_size("taylor", None, None) == (32, 256)
+    assert pruning.calibration_size("surgeon", 8, None) == (8, 512)
+    assert pruning.calibration_size("surgeon", None, 64) == (128, 64)
+    with pytest.raises(ShearHubError, match="unknown method"):
+        pruning.prune("m", "o", method="nope")

@@ -64,8 +64,10 @@ def add_parser(subparsers) -> None:
                    "layout cannot hold for the architecture, e.g. mlp for OPT in the uniform layout)")
     p.add_argument("--calib", default=None, help="calibration text: .txt/.jsonl/.parquet, Hub dataset name[:config[:split]], builtin:pydocs, or self "
                    "(sampled from the model itself; self:START-END sets the temperature schedule) (default: built-in)")
-    p.add_argument("--calib-samples", type=int, default=32, help="calibration windows (default 32)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    p.add_argument("--calib-samples", type=int, default=None,
+                   help="calibration windows (default: the method's; surgeon 128, the others 32)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per calibration window (default: the method's; surgeon 512, the others 256)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", default="float32", help="compute dtype: float32 (default), bfloat16 or float16")

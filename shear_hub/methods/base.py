@@ -79,6 +79,8 @@ class PruningMethod(ABC):
     config_class: ClassVar[type]  # dataclass; every field has metadata={"help": ...}
     citation: ClassVar[Citation | None] = None  # the paper the card cites; None: a baseline without a dedicated paper
     needs_calibration: ClassVar[bool] = True  # reads calibration windows (ctx.calibration / ctx.batches)
+    # (windows, tokens per window) when the caller gives no --calib-samples / --seq-len
+    calibration_size: ClassVar[tuple[int, int]] = (32, 256)
     needs_gradients: ClassVar[bool] = False  # back-propagates through the whole model (gradients as large as weights)
     # options that let it run without a full backward pass (e.g. one layer at a time); the out-of-memory hints
     # suggest them
