@@ -4,7 +4,9 @@ constrained quadratic minimum of 1/2 dw^T (G (x) A) dw, and the updates beat pla
 import pytest
 import torch
 
+from shear_hub.errors import ShearHubError
 from shear_hub.methods.surgeon import obs
+from shear_hub.methods.surgeon.config import SurgeonConfig
 
 
 
@@ -127,3 +129,40 @@ def test_damped_inverse_handles_singular_factor():
     M[0, 0] = 1.0  # rank one: relative damping makes it invertible
     inv = obs.damped_inverse(M, 0.01)
     torch.testing.assert_close(inv @ (M + 0.01 * 0.25 * torch.eye(4)), torch.eye(4))
+
+
+def test_sequential_update_is_exact_when_removed_columns_precede_kept_ones():
+    """Removing a row's columns one at a time with full OBS updates is the joint removal; the sequential pass only
+    skips updates of already processed kept columns, and with a prefix mask there are none."""
+    W, A, G = _setup(out=7, inp=6, seed=11)
+    Ai, Gi = torch.linalg.inv(A), torch.linalg.inv(G)
+    cols = torch.arange(W.shape[1])[None, :]
+    for lengths in (torch.full((7, 1), 3), torch.arange(7)[:, None]):  # same prefix / prefixes of length 0..6
+        mask = cols < lengths
+        for gi in (None, Gi):
+            seq = obs.remove_weights_sequential(W, gi, Ai, mask, block=4)
+            torch.testing.assert_close(seq, obs.remove_weights(W, gi, Ai, mask), rtol=0, atol=1e-8)
+            assert (seq - W.masked_fill(mask, 0)).abs().max() > 1e-2  # a real update, not just zeroing
+
+
+def test_sequential_update_on_a_random_mask_beats_zeroing_and_ignores_block_size():
+    W, A, G = _setup(out=12, inp=20, seed=7)
+    Ai, Gi = torch.linalg.inv(A), torch.linalg.inv(G)
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(3)) < 0.5
+    for GG, gi in ((torch.eye(W.shape[0]), None), (G, Gi)):
+        seq = obs.remove_weights_sequential(W, gi, Ai, mask)
+        joint = obs.remove_weights(W, gi, Ai, mask)
+        assert (seq[mask] == 0).all()
+        err, err_joint, err_zero = (_kfac_loss(x - W, A, GG) for x in (seq, joint, W.masked_fill(mask, 0)))
+        assert err < err_zero
+        assert err <= 1.5 * err_joint
+        assert (seq - joint).abs().max() > 1e-3  # a random mask is where the two solvers differ
+        for block in (1, 7):
+            torch.testing.assert_close(obs.remove_weights_sequential(W, gi, Ai, mask, block=block), seq,
+                                       rtol=0, atol=1e-10)
+
+
+def test_config_refuses_an_unknown_solver():
+    assert SurgeonConfig().solver == "sequential"
+    with pytest.raises(ShearHubError, match="solver=sequential or joint"):
+        SurgeonConfig(solver="cholesky")

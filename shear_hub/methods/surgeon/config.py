@@ -9,6 +9,7 @@ from ...errors import ShearHubError
 MODES = ("structured", "unstructured", "2:4")
 CURVATURES = ("kfac", "layerwise")
 FISHERS = ("empirical", "sampled")
+SOLVERS = ("sequential", "joint")
 
 
 @dataclass
@@ -58,8 +59,11 @@ class SurgeonConfig:
         "in about half of the free device memory (more passes, bounded memory)")})
     compute_device: str = field(default="", metadata={"help": (
         "where layerwise mode runs each layer (\"\" = the model's device); lets a CPU-resident model use a GPU")})
+    solver: str = field(default="sequential", metadata={"help": (
+        "weight update of unstructured / 2:4: sequential: SparseGPT-style column pass, O(out * in^2) per matrix "
+        "(a removed column only updates the columns after it); joint: exact per-row OBS solve, in^3 per row, slow")})
     solve_chunk: int = field(default=64, metadata={"help": (
-        "rows per batched solve in the unstructured / 2:4 weight update (memory: rows * in^2 floats)")})
+        "rows per batched solve of solver=joint (memory: rows * in^2 floats)")})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -70,6 +74,8 @@ class SurgeonConfig:
             raise ShearHubError(f"surgeon fisher {self.fisher!r} is unknown; use --option fisher=empirical or sampled")
         if self.coupling not in ("consumer", "sum"):
             raise ShearHubError(f"surgeon coupling {self.coupling!r} is unknown; use --option coupling=consumer or sum")
+        if self.solver not in SOLVERS:
+            raise ShearHubError(f"surgeon solver {self.solver!r} is unknown; use --option solver=sequential or joint")
         if not isinstance(self.shots, int) or self.shots < 1:
             raise ShearHubError(f"surgeon shots must be a positive integer, got {self.shots!r}; e.g. --option shots=4")
         if self.min_keep is not None and not 0 <= self.min_keep < 1:

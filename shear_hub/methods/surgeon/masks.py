@@ -85,15 +85,17 @@ def _decide_two_four(masks: dict[str, torch.Tensor], stored: dict[str, torch.Ten
 def _update(run: SurgeonRun, masks: dict[str, torch.Tensor], names, f: Factors) -> dict[str, torch.Tensor]:
     cfg = run.config
     out = {}
-    for name in run.each(names):  # minutes per matrix on CPU for large models: one tick each
+    for name in run.each(names):  # solver=joint takes minutes per matrix on CPU: one tick each
         dev = f.A[name].device
         W = run.params[name].detach().to(dev, torch.float32)
         Ai, Gi = _inverses(run, name, f)
         mask = masks[name].to(dev)
-        if cfg.update:
+        if not cfg.update:
+            out[name] = W.masked_fill(mask, 0)
+        elif cfg.solver == "joint":
             out[name] = obs.remove_weights(W, Gi, Ai, mask, cfg.solve_chunk)
         else:
-            out[name] = W.masked_fill(mask, 0)
+            out[name] = obs.remove_weights_sequential(W, Gi, Ai, mask)
     return out
 
 
