@@ -140,7 +140,7 @@ def test_sequential_update_is_exact_when_removed_columns_precede_kept_ones():
     for lengths in (torch.full((7, 1), 3), torch.arange(7)[:, None]):  # same prefix / prefixes of length 0..6
         mask = cols < lengths
         for gi in (None, Gi):
-            seq = obs.remove_weights_sequential(W, gi, Ai, mask, block=4)
+            seq = obs.remove_weights_sequential(W, gi, Ai, mask, block=4)[0]
             torch.testing.assert_close(seq, obs.remove_weights(W, gi, Ai, mask), rtol=0, atol=1e-8)
             assert (seq - W.masked_fill(mask, 0)).abs().max() > 1e-2  # a real update, not just zeroing
 
@@ -150,7 +150,7 @@ def test_sequential_update_on_a_random_mask_beats_zeroing_and_ignores_block_size
     Ai, Gi = torch.linalg.inv(A), torch.linalg.inv(G)
     mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(3)) < 0.5
     for GG, gi in ((torch.eye(W.shape[0]), None), (G, Gi)):
-        seq = obs.remove_weights_sequential(W, gi, Ai, mask)
+        seq = obs.remove_weights_sequential(W, gi, Ai, mask)[0]
         joint = obs.remove_weights(W, gi, Ai, mask)
         assert (seq[mask] == 0).all()
         err, err_joint, err_zero = (_kfac_loss(x - W, A, GG) for x in (seq, joint, W.masked_fill(mask, 0)))
@@ -158,7 +158,7 @@ def test_sequential_update_on_a_random_mask_beats_zeroing_and_ignores_block_size
         assert err <= 1.5 * err_joint
         assert (seq - joint).abs().max() > 1e-3  # a random mask is where the two solvers differ
         for block in (1, 7):
-            torch.testing.assert_close(obs.remove_weights_sequential(W, gi, Ai, mask, block=block), seq,
+            torch.testing.assert_close(obs.remove_weights_sequential(W, gi, Ai, mask, block=block)[0], seq,
                                        rtol=0, atol=1e-10)
 
 
@@ -166,3 +166,32 @@ def test_config_refuses_an_unknown_solver():
     assert SurgeonConfig().solver == "sequential"
     with pytest.raises(ShearHubError, match="solver=sequential or joint"):
         SurgeonConfig(solver="cholesky")
+
+
+@pytest.mark.parametrize("selector", [obs.RateSelector(rate=0.5, width=8), obs.TwoFourSelector()])
+def test_adaptive_selection_removes_its_share_and_equals_the_fixed_pass_on_its_mask(selector):
+    """The pass that chooses its mask gives the same weights as the fixed-mask pass given that mask; the share is
+    per block (per 4 inputs of a row for 2:4), and weights that must go are in it."""
+    W, A, G = _setup(out=10, inp=24, seed=5)
+    Ai, Gi = torch.linalg.inv(A), torch.linalg.inv(G)
+    forced = torch.zeros(W.shape, dtype=torch.bool)
+    forced[0, 1] = forced[3, 9] = True
+    for gi in (None, Gi):
+        new, removed = obs.remove_weights_sequential(W, gi, Ai, forced, block=8, select=selector)
+        assert removed[forced].all() and (new[removed] == 0).all()
+        if isinstance(selector, obs.TwoFourSelector):
+            assert (removed.view(10, 6, 4).sum(-1) == 2).all()
+        else:
+            assert (removed.view(10, 3, 8).sum((0, 2)) == 40).all()
+        fixed, again = obs.remove_weights_sequential(W, gi, Ai, removed, block=8)
+        assert torch.equal(again, removed)
+        torch.testing.assert_close(new, fixed, rtol=0, atol=1e-12)
+        if gi is None:  # SparseGPT's pass; spread over rows through a far-from-diagonal G it has no such guarantee
+            eye = torch.eye(10)
+            assert _kfac_loss(new - W, A, eye) < _kfac_loss(W.masked_fill(removed, 0) - W, A, eye)
+
+
+def test_config_refuses_an_unknown_selection():
+    assert SurgeonConfig().select == "adaptive"
+    with pytest.raises(ShearHubError, match="select=adaptive or costs"):
+        SurgeonConfig(select="random")

@@ -84,11 +84,12 @@ def test_cli_surgeon_writes_smaller_model(tiny_folder, tmp_path):
     assert sum(p.numel() for p in model.parameters()) == report["params_after"]
 
 
-@pytest.mark.parametrize("mode", ["unstructured", "2:4"])
-def test_mask_modes_keep_shapes_and_give_valid_masks(tiny_folder, tmp_path, mode):
+@pytest.mark.parametrize("mode,options", [("unstructured", {}), ("2:4", {}),
+                                          ("2:4", {"select": "costs", "solver": "joint"})])
+def test_mask_modes_keep_shapes_and_give_valid_masks(tiny_folder, tmp_path, mode, options):
     result = prune(str(tiny_folder), tmp_path / "m", method="surgeon", sparsity=0.3, layout="per-layer",
                    structures="mlp", calib_samples=8, seq_len=32, progress=False, return_model=True,
-                   method_options={"mode": mode, "shots": 2})
+                   method_options={"mode": mode, "shots": 2, **options})
     rep = result.report.method_report
     assert result.params_after == result.params_before  # the file stays dense
     weights = {n: p for n, p in result.model.named_parameters() if n.endswith("proj.weight")}

@@ -62,6 +62,10 @@ class SurgeonConfig:
     solver: str = field(default="sequential", metadata={"help": (
         "weight update of unstructured / 2:4: sequential: SparseGPT-style column pass, O(out * in^2) per matrix "
         "(a removed column only updates the columns after it); joint: exact per-row OBS solve, in^3 per row, slow")})
+    select: str = field(default="adaptive", metadata={"help": (
+        "which weights unstructured / 2:4 remove: adaptive: the global K-FAC costs decide how many per matrix, the "
+        "sequential pass picks which from the weights as updated so far (SparseGPT's choice); costs: the cheapest "
+        "by the shot's K-FAC costs, fixed before the updates (always so with solver=joint or update=false)")})
     solve_chunk: int = field(default=64, metadata={"help": (
         "rows per batched solve of solver=joint (memory: rows * in^2 floats)")})
 
@@ -76,6 +80,8 @@ class SurgeonConfig:
             raise ShearHubError(f"surgeon coupling {self.coupling!r} is unknown; use --option coupling=consumer or sum")
         if self.solver not in SOLVERS:
             raise ShearHubError(f"surgeon solver {self.solver!r} is unknown; use --option solver=sequential or joint")
+        if self.select not in ("adaptive", "costs"):
+            raise ShearHubError(f"surgeon select {self.select!r} is unknown; use --option select=adaptive or costs")
         if not isinstance(self.shots, int) or self.shots < 1:
             raise ShearHubError(f"surgeon shots must be a positive integer, got {self.shots!r}; e.g. --option shots=4")
         if self.min_keep is not None and not 0 <= self.min_keep < 1:

@@ -25,12 +25,19 @@ def select_masks(run: SurgeonRun) -> None:
         raise ShearHubError("2:4 needs every projection's input size divisible by 4; use --option mode=unstructured")
     run.extras = False
     T = cfg.shots
+    adaptive = cfg.select == "adaptive" and cfg.solver == "sequential" and cfg.update
     for t in range(1, T + 1):
         stored: dict[str, torch.Tensor] = {}  # weight costs of this shot, by weight name
+        counts: dict[str, int] = {}  # adaptive unstructured: how many weights each matrix holds masked after the shot
         goal = int(round(frac * total * t / T))
-        decide = _decide_unstructured if cfg.mode == "unstructured" else partial(_decide_two_four, last=t == T)
+        if cfg.mode == "unstructured":
+            decide = partial(_decide_unstructured, counts=counts if adaptive else None)
+            select = partial(_rate_selector, counts) if adaptive else None
+        else:  # the last shot completes every block; adaptive: inside the weight update's pass
+            decide = partial(_decide_two_four, last=t == T) if not (adaptive and t == T) else _decide_nothing
+            select = (lambda name, W, Gi: obs.TwoFourSelector()) if adaptive and t == T else None
         run_shot(run, partial(_score, run, stored), partial(decide, masks, stored, goal),
-                 partial(_update, run, masks))
+                 partial(_update, run, masks, select))
         run.shot_log[-1].update({"shot": t, "masked": sum(int(m.sum()) for m in masks.values())})
     with torch.no_grad():
         for n, m in masks.items():
@@ -58,11 +65,25 @@ def _score(run: SurgeonRun, stored: dict[str, torch.Tensor], names, f: Factors) 
         stored[name] = obs.weight_costs(W, Gi, Ai).cpu()
 
 
-def _decide_unstructured(masks: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], goal: int) -> None:
-    """Mask the cheapest weights over all matrices until ``goal`` weights are masked."""
+def _decide_unstructured(masks: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], goal: int, *,
+                         counts: dict[str, int] | None = None) -> None:
+    """Mask the cheapest weights over all matrices until ``goal`` weights are masked; with ``counts``, only how many
+    each matrix should hold masked (the update's pass then chooses which)."""
     thr = _kth([c[~masks[n]] for n, c in stored.items()], goal - sum(int(m.sum()) for m in masks.values()))
     for n, c in stored.items():
-        masks[n] |= c <= thr
+        if counts is None:
+            masks[n] |= c <= thr
+        else:
+            counts[n] = int(masks[n].sum()) + int(((c <= thr) & ~masks[n]).sum())
+
+
+def _decide_nothing(masks, stored, goal) -> None:
+    """Adaptive 2:4, last shot: the update's pass chooses every remaining pair."""
+
+
+def _rate_selector(counts: dict[str, int], name: str, W: torch.Tensor, Gi: torch.Tensor | None) -> obs.RateSelector:
+    """SparseGPT's in-pass choice at this matrix's share of the global decision, errors scaled by 1 / [G^-1]_rr."""
+    return obs.RateSelector(rate=counts[name] / W.numel(), row_scale=None if Gi is None else 1 / Gi.diagonal())
 
 
 def _decide_two_four(masks: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], goal: int, *,
@@ -82,7 +103,9 @@ def _decide_two_four(masks: dict[str, torch.Tensor], stored: dict[str, torch.Ten
         masks[n] |= fresh.repeat_interleave(4, dim=1) & pick
 
 
-def _update(run: SurgeonRun, masks: dict[str, torch.Tensor], names, f: Factors) -> dict[str, torch.Tensor]:
+def _update(run: SurgeonRun, masks: dict[str, torch.Tensor], select, names, f: Factors) -> dict[str, torch.Tensor]:
+    """New weights of ``names``; ``select(name, W, Gi)`` (adaptive) makes the sequential pass choose the mask, which
+    is written back to ``masks``."""
     cfg = run.config
     out = {}
     for name in run.each(names):  # solver=joint takes minutes per matrix on CPU: one tick each
@@ -95,7 +118,9 @@ def _update(run: SurgeonRun, masks: dict[str, torch.Tensor], names, f: Factors) 
         elif cfg.solver == "joint":
             out[name] = obs.remove_weights(W, Gi, Ai, mask, cfg.solve_chunk)
         else:
-            out[name] = obs.remove_weights_sequential(W, Gi, Ai, mask)
+            out[name], removed = obs.remove_weights_sequential(
+                W, Gi, Ai, mask, select=None if select is None else select(name, W, Gi))
+            masks[name] = removed.cpu()
     return out
 
 

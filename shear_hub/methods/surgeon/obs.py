@@ -6,6 +6,10 @@ Costs are the second-order increase of the loss, 1/2 dw^T F dw, at the optimal c
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 
 
@@ -152,25 +156,75 @@ def _upper_factor(Ai: torch.Tensor) -> torch.Tensor:
     return L.mT
 
 
-def _sequential_row_updates(W: torch.Tensor, U: torch.Tensor, mask: torch.Tensor, block: int) -> torch.Tensor:
-    """W after the SparseGPT column pass with the A-only curvature: every row independently, columns left to right."""
+class Selector(Protocol):
+    """Chooses the mask of ``width`` columns inside the sequential pass from the weights as updated so far."""
+
+    width: int
+
+    def __call__(self, Wt: torch.Tensor, d: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class RateSelector:
+    """Unstructured: in each block, the ``rate`` share of its weights with the smallest OBS error w^2 / d^2 (times a
+    per-row scale: 1 / [G^-1]_rr under K-FAC) go, weights already masked first (SparseGPT's adaptive mask)."""
+
+    rate: float
+    width: int = 128
+    row_scale: torch.Tensor | None = None
+
+    def __call__(self, Wt: torch.Tensor, d: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        score = Wt * Wt / (d * d)[:, None]
+        if self.row_scale is not None:
+            score = score * self.row_scale[None, :]
+        score = score.masked_fill(fixed, -math.inf).flatten()
+        k = max(int(round(self.rate * score.numel())), int(fixed.sum()))
+        chosen = torch.zeros_like(score, dtype=torch.bool)
+        chosen[score.topk(k, largest=False).indices] = True
+        return chosen.view_as(Wt)
+
+
+@dataclass
+class TwoFourSelector:
+    """2:4: in each group of 4 inputs of a row, the 2 weights with the smallest OBS error w^2 / d^2 go (weights already
+    masked first)."""
+
+    width: int = 4
+
+    def __call__(self, Wt: torch.Tensor, d: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        score = (Wt * Wt / (d * d)[:, None]).masked_fill(fixed, -math.inf)
+        return torch.zeros_like(fixed).scatter_(0, score.topk(2, dim=0, largest=False).indices, True)
+
+
+def _sequential_row_updates(W: torch.Tensor, U: torch.Tensor, mask: torch.Tensor, block: int,
+                            select: Selector | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """W after the SparseGPT column pass with the A-only curvature (every row independently, columns left to
+    right) and the mask it removed: ``mask`` itself, or what ``select`` chose (``mask`` then holds the weights that
+    must go whatever it chooses)."""
     Wt = W.T.contiguous()  # column j is a contiguous row of Wt: in-place updates of strided columns are far slower
-    Pt = mask.T.to(W.dtype)
+    Mt = mask.T.contiguous()
+    Pt = Mt.to(W.dtype)
+    d = U.diagonal()
     inp = W.shape[1]
     for b0 in range(0, inp, block):
         b1 = min(b0 + block, inp)
         Err = torch.empty(b1 - b0, W.shape[0], device=W.device, dtype=W.dtype)
         for j in range(b0, b1):
+            if select is not None and (j - b0) % select.width == 0:
+                g1 = min(j + select.width, b1)  # chosen on the weights as the columns before them left them
+                Mt[j:g1] = select(Wt[j:g1], d[j:g1], Mt[j:g1])
+                Pt[j:g1] = Mt[j:g1].to(W.dtype)
             err = Wt[j] * Pt[j] / U[j, j]  # OBS step for w_j given the columns after it are still free
             Wt[j:b1].addr_(U[j, j:b1], err, alpha=-1)
             Err[j - b0] = err
         Wt[b1:] -= U[b0:b1, b1:].T @ Err  # lazy update of the later blocks: one matmul instead of per column
-    return Wt.T
+    return Wt.T, Mt.T
 
 
 def remove_weights_sequential(W: torch.Tensor, Gi: torch.Tensor | None, Ai: torch.Tensor, mask: torch.Tensor,
-                              block: int = 128) -> torch.Tensor:
-    """W after removing the weights in ``mask`` (True = remove) with a SparseGPT-style sequential pass.
+                              block: int = 128, select: Selector | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """W after removing the weights in ``mask`` (True = remove) with a SparseGPT-style sequential pass, and the mask
+    removed (``select``: chosen inside the pass, ``mask`` forced into it; else ``mask``).
 
     Per row, the masked columns are removed left to right with single-weight OBS steps on the columns after them
     (U = upper Cholesky factor of A^-1), so a removed column only updates the columns after it: the result is the
@@ -178,9 +232,11 @@ def remove_weights_sequential(W: torch.Tensor, Gi: torch.Tensor | None, Ai: torc
     approximation otherwise, at O(out * in^2) per matrix instead of in^3 per row. With G, the per-row update
     D_r = -m_r A^-1 is spread over the rows like ``remove_weights`` does: dW = G^-1 (D / diag(G^-1)).
     """
-    D = _sequential_row_updates(W, _upper_factor(Ai), mask, block) - W
+    block = block if select is None else max(select.width, block - block % select.width)
+    new, removed = _sequential_row_updates(W, _upper_factor(Ai), mask, block, select)
+    D = new - W
     if Gi is not None:
         D = Gi @ (D / Gi.diagonal()[:, None])
     W = W + D
-    W[mask] = 0
-    return W
+    W[removed] = 0
+    return W, removed
