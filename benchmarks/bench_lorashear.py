@@ -1,7 +1,9 @@
 """LoRAShear on the real SmolLM2-135M: prune (stages 1-3) + surgery + dynamic recovery (stage 4), timed, with
-pydocs_eval perplexity after surgery (before recovery) and after recovery.
+pydocs_eval perplexity after surgery (before recovery) and after recovery; ``--domains``: also the cross-domain
+protocol (held-out domain texts and their geometric mean) of the dense and the final model, side by side.
 
     .venv/bin/python benchmarks/bench_lorashear.py --sparsity 0.2 --layout per-layer --json /tmp/lorashear.jsonl
+    .venv/bin/python benchmarks/bench_lorashear.py --domains --windows 16
 
 Extra method settings: --option KEY=VALUE (as `shear-hub prune --option`).
 """
@@ -40,6 +42,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--option", action="append", default=[])
     ap.add_argument("--json", help="append the result as one JSON line to this file")
+    ap.add_argument("--domains", action="store_true", help="also measure the dense and the final model on the "
+                    "cross-domain protocol (--windows windows of 512 tokens per text)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     measured: dict[str, float] = {}
@@ -61,7 +65,9 @@ def main() -> None:
                        batch_size=args.batch_size, device=args.device, method_options=parse_options(args.option),
                        return_model=True, progress=True)
         wall = time.perf_counter() - t - measured.get("eval_s", 0.0)
-        ppl = perplexity(result.model, _tokenizer(Path(tmp) / "out"), EVAL, windows=args.windows)
+        tok = _tokenizer(Path(tmp) / "out")
+        ppl = perplexity(result.model, tok, EVAL, windows=args.windows)
+        protocol = _protocol(args, result.model, tok) if args.domains else None
     rep = result.report.method_report
     row = {
         "method": "lorashear", "layout": args.layout, "structures": args.structures, "options": args.option,
@@ -72,15 +78,35 @@ def main() -> None:
         "protected_units": rep["stage2_knowledge"]["protected_units"],
         "periods": [{k: p[k] for k in ("period", "sparsity", "mean_loss", "new_groups")} for p in rep["stage3_lhspg"]["periods"]],
         "recovery": [{k: r.get(k) for k in ("round", "mix", "loss_gap")} for r in rep.get("stage4_recovery", {}).get("rounds", [])],
-        "threads": args.threads, "device": args.device, "windows": args.windows,
+        "threads": args.threads, "device": args.device, "windows": args.windows, "protocol": protocol,
     }
     print("| method | layout | removed | ppl after surgery | ppl after recovery | prune wall (s) |")
     print("|---|---|---|---|---|---|")
     print(f"| lorashear | {args.layout} | {row['achieved']:.4f} | {row['ppl_after_surgery']} | {row['ppl_after_recovery']} | {row['prune_wall_s']} |")
+    if protocol:
+        names = [k for k in protocol["dense"] if k not in ("geomean", "pydocs_eval")]
+        print("\n| model | " + " | ".join(names) + " | geo-mean | x dense | pydocs_eval | x dense |")
+        print("|" + "---|" * (len(names) + 5))
+        for label, r in protocol.items():
+            print(f"| {label} | " + " | ".join(f"{r[n]:.2f}" for n in names) + f" | {r['geomean']:.2f} | "
+                  f"{r['geomean'] / protocol['dense']['geomean']:.3f} | {r['pydocs_eval']:.2f} | "
+                  f"{r['pydocs_eval'] / protocol['dense']['pydocs_eval']:.3f} |")
     print(json.dumps(row, indent=1), file=sys.stderr)
     if args.json:
         with open(args.json, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+
+
+def _protocol(args, model, tok) -> dict:
+    """The protocol's rows for the dense model and ``model`` (same windows, same evaluator)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_layouts import measure
+
+    from shear_hub.loading import load_model
+
+    dense = load_model(args.model)[0]
+    return {"dense": measure(dense, tok, args.windows, EVAL),
+            f"lorashear {args.sparsity:.0%}": measure(model, tok, args.windows, EVAL)}
 
 
 def _tokenizer(folder: Path):
