@@ -84,10 +84,12 @@ def test_cli_surgeon_writes_smaller_model(tiny_folder, tmp_path):
     assert sum(p.numel() for p in model.parameters()) == report["params_after"]
 
 
-@pytest.mark.parametrize("mode,options", [("unstructured", {}), ("2:4", {}),
-                                          ("2:4", {"select": "costs", "solver": "joint"})])
-def test_mask_modes_keep_shapes_and_give_valid_masks(tiny_folder, tmp_path, mode, options):
-    result = prune(str(tiny_folder), tmp_path / "m", method="surgeon", sparsity=0.3, layout="per-layer",
+@pytest.mark.parametrize("mode,options,layout", [("unstructured", {}, "per-layer"), ("unstructured", {}, "uniform"),
+                                                 ("2:4", {"spread": True}, "uniform"),
+                                                 ("2:4", {"select": "costs", "solver": "joint"}, "uniform")])
+def test_mask_modes_keep_shapes_and_give_valid_masks(tiny_folder, tmp_path, mode, options, layout):
+    """per-layer: one global allocation over all matrices; uniform: every matrix masks the same share."""
+    result = prune(str(tiny_folder), tmp_path / "m", method="surgeon", sparsity=0.3, layout=layout,
                    structures="mlp", calib_samples=8, seq_len=32, progress=False, return_model=True,
                    method_options={"mode": mode, "shots": 2, **options})
     rep = result.report.method_report
@@ -102,6 +104,11 @@ def test_mask_modes_keep_shapes_and_give_valid_masks(tiny_folder, tmp_path, mode
         assert rep["mask_sparsity"] == pytest.approx(0.5, abs=1e-3)
     else:
         assert rep["mask_sparsity"] == pytest.approx(0.3, abs=0.01)
+        shares = [float((w == 0).float().mean()) for w in weights.values()]
+        if layout == "uniform":
+            assert max(shares) - min(shares) < 0.02
+        else:
+            assert max(shares) - min(shares) > 0.05  # the global costs do not split evenly
     assert "same shapes" in rep["note"]
 
 

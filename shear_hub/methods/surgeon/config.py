@@ -63,9 +63,16 @@ class SurgeonConfig:
         "weight update of unstructured / 2:4: sequential: SparseGPT-style column pass, O(out * in^2) per matrix "
         "(a removed column only updates the columns after it); joint: exact per-row OBS solve, in^3 per row, slow")})
     select: str = field(default="adaptive", metadata={"help": (
-        "which weights unstructured / 2:4 remove: adaptive: the global K-FAC costs decide how many per matrix, the "
-        "sequential pass picks which from the weights as updated so far (SparseGPT's choice); costs: the cheapest "
-        "by the shot's K-FAC costs, fixed before the updates (always so with solver=joint or update=false)")})
+        "which weights unstructured / 2:4 remove: adaptive: the sequential pass picks them from the weights as "
+        "updated so far (SparseGPT's choice), at each matrix's share (--layout uniform: the same share everywhere; "
+        "per-layer: the global K-FAC allocation); costs: the cheapest by the shot's K-FAC costs, fixed before the "
+        "updates (always so with solver=joint or update=false)")})
+    # false: on SmolLM2 at 50% unstructured (uniform, 16 x 256 calibration) spreading took pydocs_eval (4 windows)
+    # from 29.9 to 37.0: the per-row solve drops K's cross-row blocks, so spreading its result through G^-1 is not
+    # the Kronecker optimum and can undo more than it compensates
+    spread: bool = field(default=False, metadata={"help": (
+        "solver=sequential: spread each row's OBS update over the other rows through G^-1 (as the joint solver "
+        "does); false: rows independent, as in SparseGPT")})
     solve_chunk: int = field(default=64, metadata={"help": (
         "rows per batched solve of solver=joint (memory: rows * in^2 floats)")})
 

@@ -1,5 +1,8 @@
 """``mode=unstructured`` and ``mode=2:4``: single weights are masked with the same curvature and OBS updates as
-structured mode; the model keeps its shapes (zeros inside) and no groups are removed."""
+structured mode; the model keeps its shapes (zeros inside) and no groups are removed. ``--layout uniform`` (the
+default) masks the same share of every matrix, as SparseGPT and Wanda do; ``per-layer`` pools the K-FAC costs of all
+matrices under one threshold (the paper's global allocation: at 50% on SmolLM2 it emptied whole query projections
+and was far worse, benchmarks/README.md)."""
 
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ def select_masks(run: SurgeonRun) -> None:
         counts: dict[str, int] = {}  # adaptive unstructured: how many weights each matrix holds masked after the shot
         goal = int(round(frac * total * t / T))
         if cfg.mode == "unstructured":
-            decide = partial(_decide_unstructured, counts=counts if adaptive else None)
+            decide = partial(_decide_unstructured, counts=counts if adaptive else None,
+                             per_matrix=ctx.layout == "uniform")
             select = partial(_rate_selector, counts) if adaptive else None
         else:  # the last shot completes every block; adaptive: inside the weight update's pass
             decide = partial(_decide_two_four, last=t == T) if not (adaptive and t == T) else _decide_nothing
@@ -66,11 +70,20 @@ def _score(run: SurgeonRun, stored: dict[str, torch.Tensor], names, f: Factors) 
 
 
 def _decide_unstructured(masks: dict[str, torch.Tensor], stored: dict[str, torch.Tensor], goal: int, *,
-                         counts: dict[str, int] | None = None) -> None:
-    """Mask the cheapest weights over all matrices until ``goal`` weights are masked; with ``counts``, only how many
-    each matrix should hold masked (the update's pass then chooses which)."""
-    thr = _kth([c[~masks[n]] for n, c in stored.items()], goal - sum(int(m.sum()) for m in masks.values()))
+                         counts: dict[str, int] | None = None, per_matrix: bool = False) -> None:
+    """Mask the cheapest weights until ``goal`` weights are masked: over all matrices (global allocation), or in
+    every matrix the same share (``per_matrix``, the uniform layout); with ``counts``, only how many each matrix
+    should hold masked (the update's pass then chooses which)."""
+    total = sum(m.numel() for m in masks.values())
+    if not per_matrix:
+        thr = _kth([c[~masks[n]] for n, c in stored.items()], goal - sum(int(m.sum()) for m in masks.values()))
     for n, c in stored.items():
+        want = int(round(goal * c.numel() / total))
+        if per_matrix and counts is not None:
+            counts[n] = max(want, int(masks[n].sum()))
+            continue
+        if per_matrix:
+            thr = _kth([c[~masks[n]]], want - int(masks[n].sum()))
         if counts is None:
             masks[n] |= c <= thr
         else:
@@ -118,8 +131,9 @@ def _update(run: SurgeonRun, masks: dict[str, torch.Tensor], select, names, f: F
         elif cfg.solver == "joint":
             out[name] = obs.remove_weights(W, Gi, Ai, mask, cfg.solve_chunk)
         else:
+            spread = Gi if cfg.spread else None
             out[name], removed = obs.remove_weights_sequential(
-                W, Gi, Ai, mask, select=None if select is None else select(name, W, Gi))
+                W, spread, Ai, mask, select=None if select is None else select(name, W, Gi))
             masks[name] = removed.cpu()
     return out
 
