@@ -8,6 +8,11 @@ groups' LoRA keeps training on the same loss and absorbs what the fading groups 
 After every step the half-space projection of HSPG is applied to the marked groups: a group whose trial point
 x_hat_g left the half-space {z : <z, x_g> >= epsilon ||x_g||^2} around its previous point x_g is set to zero at once
 (a group that crossed zero stays at zero). Finished groups are held at exactly zero until the end.
+
+``zeroing="half-space"`` replaces the fade by HSPG-style zeroing: after each step every marked group takes a
+group-lasso shrink step x_hat_g = x_g - lambda_g(t) x_g / ||x_g|| (all its members scaled by one factor), and the
+groups whose x_hat_g left the half-space around their pre-step point are set exactly to zero ("projected"); the
+groups still non-zero at the end of the period are set to zero there ("forced"). See ``lambda_schedule``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,57 @@ def half_space_project(previous: list[torch.Tensor], trial: list[torch.Tensor], 
         return [], torch.zeros(0, dtype=torch.bool)
     zeroed = half_space_crossed(previous, trial, epsilon)
     return [torch.zeros_like(x_hat) if z else x_hat for x_hat, z in zip(trial, zeroed.tolist())], zeroed
+
+
+def lambda_schedule(start_norms: torch.Tensor, t: int, steps: int) -> torch.Tensor:
+    """lambda_g at step t of a period of ``steps``: ||x_g at the period start|| * 2 (t + 1) / T^2. OTO's stored
+    lhspg.py / dhspg.py have no lambda rule (they fade linearly, like our default), so this is our rule: it grows
+    linearly, and its sum over the period is (T + 1) / T ||x_g||, so a group the training does not move crosses
+    zero -- and is projected -- at the period's last step (shrink factor -1 there), when the fade reaches zero;
+    groups the loss also pushes toward zero cross earlier."""
+    return start_norms * (2.0 * (t + 1) / steps**2)
+
+
+def shrink_factors(sq_norms: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+    """The group-lasso step x_g - lambda_g x_g / ||x_g|| as one factor on x_g: 1 - lambda_g / ||x_g|| (0 for a group
+    already at zero). Negative when the step overshoots zero, which the half-space test then catches."""
+    norms = sq_norms.sqrt()
+    return torch.where(norms > 0, 1 - lambdas / norms.clamp_min(1e-300), torch.zeros_like(norms))
+
+
+def shrunk_crossed(previous_dots: torch.Tensor, previous_sq: torch.Tensor, factors: torch.Tensor,
+                   epsilon: float) -> torch.Tensor:
+    """The half-space test for x_hat_g = factor_g * x_g: <x_hat_g, prev_g> = factor_g <x_g, prev_g> below
+    epsilon ||prev_g||^2 (``previous_dots`` = <x_g, prev_g>, ``previous_sq`` = ||prev_g||^2)."""
+    return factors * previous_dots < epsilon * previous_sq
+
+
+class GroupScaler:
+    """Each group's slices scaled by its own factor (one index and group-id tensor per (tensor, dim)): the
+    half-space zeroing's shrink step on many groups in a few tensor ops."""
+
+    def __init__(self, groups: list[Group]):
+        entries: dict[tuple[str, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        for gi, g in enumerate(groups):
+            for s in g.slices:
+                if s.dim == WHOLE:
+                    raise ValueError("per-group scaling needs row/column slices, not whole tensors")
+                idx, gid = entries[(s.param, s.dim)]
+                idx.extend(s.index)
+                gid.extend([gi] * len(s.index))
+        self.entries = [(name, dim, torch.tensor(idx), torch.tensor(gid))
+                        for (name, dim), (idx, gid) in entries.items()]
+
+    @torch.no_grad()
+    def scale(self, model: torch.nn.Module, factors: torch.Tensor) -> None:
+        params = dict(model.named_parameters())
+        for name, dim, idx, gid in self.entries:
+            t = params[name]
+            shape = [1] * t.dim()
+            shape[dim] = -1
+            f = factors[gid].to(device=t.device, dtype=t.dtype).view(shape)
+            idx = idx.to(t.device)
+            t.index_copy_(dim, idx, t.index_select(dim, idx) * f)
 
 
 class SliceSet:
@@ -146,6 +202,7 @@ def saliency(peft_model: torch.nn.Module, graph: StructureGraph, grads: dict[str
              weights: dict[str, float], normalize: bool, fisher: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """One importance per group (higher = keep): weighted sum of L2-normalised criteria, per parameter when
     ``normalize``. Criteria: taylor |x * g| (g = accumulated dL/dx), magnitude x^2, cosine (1 + cos(W_g, BA_g)) / 2,
+    alignment |<W_g, BA_g>| (OTO's LHSPG criterion: how far the LoRA update leans on the frozen weight),
     fisher sum_i (sum_g x * dL_i/dx)^2 over windows i (the empirical Fisher of a mask on the group, Kwon et al. 2022,
     "A Fast Post-Training Pruning Framework for Transformers"; passed in, collected during the steps)."""
     eff = effective_weights(peft_model, graph)
@@ -160,6 +217,8 @@ def saliency(peft_model: torch.nn.Module, graph: StructureGraph, grads: dict[str
         if fisher is None:
             raise RuntimeError("internal: the Fisher criterion needs per-window gradients from at least one step")
         scores["fisher"] = fisher
+    if weights.get("alignment", 0) > 0:
+        scores["alignment"] = group_scores(graph, {n: w * d for n, (w, d) in eff.items()}).abs()
     if normalize:
         scores = {k: v / sizes for k, v in scores.items()}
     if weights.get("cosine", 0) > 0:
@@ -284,27 +343,7 @@ class LHSPG:
             if not self.grads:  # no warm-up: one gradient-only pass so the first selection has a saliency
                 self._collect_only(next(batches))
             new, info = self._select(redundant, k / cfg.periods)
-            active = SliceSet([self.lora_groups[i] for i in new])
-            vectors = GroupVectors(self.model, [self.graph.groups[i] for i in new])
-            done = SliceSet([self.lora_groups[i] for i in sorted(redundant)])
-            projected = torch.zeros(len(new), dtype=torch.bool)
-            losses = []
-            T = cfg.period_steps
-            for t in range(T):
-                previous = vectors.snapshot() if new else []
-                losses.append(self._train_step(next(batches), collect=t >= T - cfg.saliency_steps))
-                done.scale(self.model, 0.0)  # finished groups stay exactly zero
-                active.scale(self.model, (T - t - 1) / (T - t))  # linear fade: exactly zero after the last step
-                if new and t < T - 1:  # the last step's fade to zero is the schedule, not a projection
-                    trial = vectors.snapshot()
-                    cross = half_space_crossed(previous, trial, cfg.epsilon, dots=vectors.dots)
-                    cross &= ~projected
-                    if cross.any():  # half-space projection: these groups are set to zero now
-                        SliceSet([self.lora_groups[new[i]] for i in cross.nonzero().flatten().tolist()]).scale(self.model, 0.0)
-                        projected |= cross
-                        # keep them at zero for the rest of the period
-                        done = SliceSet([self.lora_groups[i] for i in sorted(redundant)]
-                                        + [self.lora_groups[new[i]] for i in projected.nonzero().flatten().tolist()])
+            losses, zeroing = self._run_period(new, redundant, batches)
             redundant |= set(new)
             tracker = DimsTracker(self.graph)
             for i in redundant:
@@ -315,12 +354,13 @@ class LHSPG:
             entry = {"period": k, "target_params": int(round(self.params_to_remove * k / cfg.periods)),
                      "removed_params": params_before - tracker.params(),
                      "sparsity": round((params_before - tracker.params()) / params_before, 6),
-                     "new_groups": kinds, "half_space_projected": int(projected.sum()),
+                     "new_groups": kinds, **zeroing,
                      "mean_loss": round(sum(losses) / len(losses), 4), "last_loss": round(losses[-1], 4),
                      "elapsed_s": round(time.perf_counter() - t0, 1), **info}
             periods.append(entry)
             self.log(f"lorashear LHSPG period {k}/{cfg.periods}: sparsity {entry['sparsity']:.4f}, "
-                     f"loss {entry['mean_loss']:.3f}, projected {entry['half_space_projected']}")
+                     f"loss {entry['mean_loss']:.3f}, projected {entry['half_space_projected']}"
+                     + (f", forced {entry['forced_to_zero']}" if "forced_to_zero" in entry else ""))
         for p in self.base_weights.values():
             p.requires_grad_(False)
         removed = [self.graph.groups[i] for i in sorted(redundant)]
@@ -330,6 +370,75 @@ class LHSPG:
         summary = {"steps": self.step, "warmup_mean_loss": None if warmup_loss is None else round(warmup_loss, 4),
                    "max_abs_effective_weight_removed": max_abs, "seconds": round(time.perf_counter() - t0, 1)}
         return removed, periods, summary
+
+    def _run_period(self, new: list[int], redundant: set[int], batches) -> tuple[list[float], dict]:
+        """One period's steps, zeroing the newly marked groups ``new``; returns (losses, the log's zeroing counts)."""
+        if self.cfg.zeroing == "half-space":
+            return self._half_space_period(new, redundant, batches)
+        return self._fade_period(new, redundant, batches)
+
+    def _fade_period(self, new: list[int], redundant: set[int], batches) -> tuple[list[float], dict]:
+        """The linear fade (paper / OTO): scale by (T-t-1)/(T-t) after step t, half-space projection on the side."""
+        cfg = self.cfg
+        active = SliceSet([self.lora_groups[i] for i in new])
+        vectors = GroupVectors(self.model, [self.graph.groups[i] for i in new])
+        done = SliceSet([self.lora_groups[i] for i in sorted(redundant)])
+        projected = torch.zeros(len(new), dtype=torch.bool)
+        losses = []
+        T = cfg.period_steps
+        for t in range(T):
+            previous = vectors.snapshot() if new else []
+            losses.append(self._train_step(next(batches), collect=t >= T - cfg.saliency_steps))
+            done.scale(self.model, 0.0)  # finished groups stay exactly zero
+            active.scale(self.model, (T - t - 1) / (T - t))  # linear fade: exactly zero after the last step
+            if new and t < T - 1:  # the last step's fade to zero is the schedule, not a projection
+                trial = vectors.snapshot()
+                cross = half_space_crossed(previous, trial, cfg.epsilon, dots=vectors.dots)
+                cross &= ~projected
+                if cross.any():  # half-space projection: these groups are set to zero now
+                    SliceSet([self.lora_groups[new[i]] for i in cross.nonzero().flatten().tolist()]).scale(self.model, 0.0)
+                    projected |= cross
+                    # keep them at zero for the rest of the period
+                    done = SliceSet([self.lora_groups[i] for i in sorted(redundant)]
+                                    + [self.lora_groups[new[i]] for i in projected.nonzero().flatten().tolist()])
+        return losses, {"half_space_projected": int(projected.sum())}
+
+    def _half_space_period(self, new: list[int], redundant: set[int], batches) -> tuple[list[float], dict]:
+        """HSPG-style zeroing: after each step a group-lasso shrink of every marked group (``lambda_schedule``), then
+        the half-space projection on the shrunk point; what is left non-zero at the end is forced to zero."""
+        cfg = self.cfg
+        T = cfg.period_steps
+        vectors = GroupVectors(self.model, [self.graph.groups[i] for i in new])
+        scaler = GroupScaler([self.lora_groups[i] for i in new])
+        start = vectors.snapshot()
+        start_norms = vectors.dots(start, start).sqrt()
+        done = SliceSet([self.lora_groups[i] for i in sorted(redundant)])
+        projected = torch.zeros(len(new), dtype=torch.bool)
+        losses = []
+        for t in range(T):
+            previous = vectors.snapshot() if new else []
+            losses.append(self._train_step(next(batches), collect=t >= T - cfg.saliency_steps))
+            done.scale(self.model, 0.0)  # finished and projected groups stay exactly zero
+            if not new:
+                continue
+            trial = vectors.snapshot()  # x_g after the optimizer step, before the shrink
+            sq = vectors.dots(trial, trial)
+            factors = shrink_factors(sq, lambda_schedule(start_norms, t, T))
+            cross = shrunk_crossed(vectors.dots(trial, previous), vectors.dots(previous, previous), factors,
+                                   cfg.epsilon)
+            cross = (cross | (sq == 0)) & ~projected
+            keep = ~(cross | projected)
+            scaler.scale(self.model, torch.where(keep, factors, torch.ones_like(factors)))
+            if cross.any():  # the projection: exactly zero now and for the rest of the period
+                projected |= cross
+                done = SliceSet([self.lora_groups[i] for i in sorted(redundant)]
+                                + [self.lora_groups[new[i]] for i in projected.nonzero().flatten().tolist()])
+                done.scale(self.model, 0.0)
+        forced = ~projected
+        if forced.any():  # the period ends: the groups the projection did not reach go to zero here
+            SliceSet([self.lora_groups[new[i]] for i in forced.nonzero().flatten().tolist()]).scale(self.model, 0.0)
+        return losses, {"half_space_projected": int(projected.sum()), "forced_to_zero": int(forced.sum()),
+                        "zeroing": "half-space"}
 
     def _collect_only(self, ids: torch.Tensor) -> None:
         """Gradients for the saliency without a step (``self.grads`` is empty here: it takes a copy of them)."""

@@ -19,7 +19,7 @@ from .data import TokenSource, from_windows, split_stream
 from .knowledge import knowledge_distribution, mean_loss
 from .lhspg import LHSPG, GroupVectors
 from .lora_groups import attach_lora, lora_aware_groups, lora_parameters, lora_target_modules
-from .recovery import INSTRUCT_DESCRIPTION, dynamic_recovery, recovery_sources
+from .recovery import INSTRUCT_DESCRIPTION, SELF_DESCRIPTION, dynamic_recovery, recovery_sources
 
 SUPPORTED_KINDS = (HEADS, QHEADS, MLP)
 
@@ -91,7 +91,8 @@ class LoRAShearMethod(PruningMethod):
         ctx.report["stage1_dependency_graph"] = {}  # filled below; keeps the report in stage order
 
         # references of the full model for stage 4 (measured before anything changes)
-        sources, instruct_pairs = recovery_sources(pretrain, ctx.tokenizer, seq_len, cfg)
+        # (the self source is sampled here too: the model is still the dense one)
+        sources, instruct_pairs = recovery_sources(pretrain, ctx.tokenizer, seq_len, cfg, model, ctx.seed)
         dense_loss = {s: mean_loss(model, sources[s].held, ctx.batch_size) for s in sources}
         self._recovery_data = {"sources": sources, "dense_loss": dense_loss, "instruct_pairs": instruct_pairs,
                                "seq_len": seq_len}
@@ -145,6 +146,8 @@ class LoRAShearMethod(PruningMethod):
             p.requires_grad_(True)
         if "instruct" in data["sources"]:
             report["instruct_source"] = {"description": INSTRUCT_DESCRIPTION, "pairs": data["instruct_pairs"]}
+        if "self" in data["sources"]:
+            report["self_source"] = {"description": SELF_DESCRIPTION, "samples": cfg.recovery_self_samples}
         report["pretrain_source"] = ("random windows of the whole calibration text, minus held-out chunks spread "
                                      "evenly over it (the deviation and knowledge-analysis windows)")
         ctx.report["stage4_recovery"] = report
