@@ -76,21 +76,27 @@ def shrunk_crossed(previous_dots: torch.Tensor, previous_sq: torch.Tensor, facto
     return factors * previous_dots < epsilon * previous_sq
 
 
+def _slice_index(groups: list[Group], what: str) -> dict[tuple[str, int], tuple[list[int], list[int]]]:
+    """(tensor, dim) -> (indices, group id of each index) over the groups' row/column slices; ``what`` names the
+    caller in the error for a whole-tensor slice."""
+    entries: dict[tuple[str, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for gi, g in enumerate(groups):
+        for s in g.slices:
+            if s.dim == WHOLE:
+                raise ValueError(f"{what} needs row/column slices, not whole tensors")
+            idx, gid = entries[(s.param, s.dim)]
+            idx.extend(s.index)
+            gid.extend([gi] * len(s.index))
+    return entries
+
+
 class GroupScaler:
     """Each group's slices scaled by its own factor (one index and group-id tensor per (tensor, dim)): the
     half-space zeroing's shrink step on many groups in a few tensor ops."""
 
     def __init__(self, groups: list[Group]):
-        entries: dict[tuple[str, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-        for gi, g in enumerate(groups):
-            for s in g.slices:
-                if s.dim == WHOLE:
-                    raise ValueError("per-group scaling needs row/column slices, not whole tensors")
-                idx, gid = entries[(s.param, s.dim)]
-                idx.extend(s.index)
-                gid.extend([gi] * len(s.index))
         self.entries = [(name, dim, torch.tensor(idx), torch.tensor(gid))
-                        for (name, dim), (idx, gid) in entries.items()]
+                        for (name, dim), (idx, gid) in _slice_index(groups, "per-group scaling").items()]
 
     @torch.no_grad()
     def scale(self, model: torch.nn.Module, factors: torch.Tensor) -> None:
@@ -140,16 +146,8 @@ class GroupVectors:
     def __init__(self, peft_model: torch.nn.Module, groups: list[Group]):
         self.params = dict(peft_model.named_parameters())
         self.n = len(groups)
-        entries: dict[tuple[str, int], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-        for gi, g in enumerate(groups):
-            for s in g.slices:
-                if s.dim == WHOLE:
-                    raise ValueError("LHSPG groups slice rows/columns, not whole tensors")
-                idx, gid = entries[(s.param, s.dim)]
-                idx.extend(s.index)
-                gid.extend([gi] * len(s.index))
         self.entries = []
-        for (name, dim), (idx, gid) in entries.items():
+        for (name, dim), (idx, gid) in _slice_index(groups, "LHSPG").items():
             names = peft_names(peft_model, name, self.params)
             scaling = lora_scaling(peft_model, names.module) if names.module else 0.0
             self.entries.append((names, dim, torch.tensor(idx), torch.tensor(gid), scaling))
