@@ -36,6 +36,8 @@ VARIANTS = {
     "normalize=false": {"method_options": {"normalize": False}},
     "calib=128x512": {"calib_samples": 128, "seq_len": 512},
     "shots=4,lora": {"method_options": {"shots": 4, "lora_rank": 8, "lora_steps": 20}},
+    # updates layer by layer on the inputs the already-updated layers below give (SparseGPT's order)
+    "propagate": {"method_options": {"propagate": True}},
     "taylor": {"method": "taylor"},  # reference: the project's first-order Taylor baseline at the same size
     # per-layer layout (global allocation) with and without a floor on every layer's widths
     "per-layer": {"layout": "per-layer"},

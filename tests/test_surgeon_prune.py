@@ -35,6 +35,7 @@ def _run_method(folder, kinds, layout, sparsity=0.3, **options):
     ("per-layer", ["heads", "mlp", "hidden"], {"shots": 2}),
     ("uniform", ["heads", "mlp"], {"shots": 3}),
     ("per-layer", ["qheads", "mlp", "layers"], {"shots": 2, "curvature": "layerwise"}),
+    ("per-layer", ["heads", "mlp", "hidden"], {"shots": 2, "propagate": True}),
 ])
 def test_pruned_model_equals_updated_and_zeroed_dense(tiny_folder, layout, kinds, options):
     dense, graph, removed, original, ctx = _run_method(tiny_folder, kinds, layout, **options)
@@ -53,6 +54,20 @@ def test_pruned_model_equals_updated_and_zeroed_dense(tiny_folder, layout, kinds
                and ((p != original[n]) & (p != 0)).any()]
     assert changed
     assert len(ctx.report["shots"]) == options["shots"]
+
+
+def test_propagate_updates_later_layers_on_the_pruned_inputs(tiny_folder):
+    """propagate=true: same decision (one shot, same K-FAC costs); layer 0 sees the same inputs either way, so its
+    update is the same; a later layer's A comes from the pruned layers below, so its update differs."""
+    runs = {}
+    for propagate in (False, True):
+        model, _, removed, _, _ = _run_method(tiny_folder, ["heads", "mlp"], "uniform", shots=1, propagate=propagate)
+        runs[propagate] = (sorted(g.name for g in removed), dict(model.named_parameters()))
+    assert runs[False][0] == runs[True][0]
+    first = "model.layers.0.mlp.down_proj.weight"
+    last = max((n for n in runs[False][1] if n.endswith("mlp.down_proj.weight")), key=lambda n: int(n.split(".")[2]))
+    torch.testing.assert_close(runs[True][1][first], runs[False][1][first], rtol=1e-4, atol=1e-5)
+    assert (runs[True][1][last] - runs[False][1][last]).abs().max() > 1e-4
 
 
 def test_obs_updates_improve_on_zeroing(tiny_folder):
@@ -86,6 +101,7 @@ def test_cli_surgeon_writes_smaller_model(tiny_folder, tmp_path):
 
 @pytest.mark.parametrize("mode,options,layout", [("unstructured", {}, "per-layer"), ("unstructured", {}, "uniform"),
                                                  ("2:4", {"spread": True}, "uniform"),
+                                                 ("2:4", {"curvature": "layerwise"}, "uniform"),
                                                  ("2:4", {"select": "costs", "solver": "joint"}, "uniform")])
 def test_mask_modes_keep_shapes_and_give_valid_masks(tiny_folder, tmp_path, mode, options, layout):
     """per-layer: one global allocation over all matrices; uniform: every matrix masks the same share."""

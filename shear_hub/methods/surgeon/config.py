@@ -54,6 +54,10 @@ class SurgeonConfig:
         "after each shot); 0: off")})
     lora_steps: int = field(default=20, metadata={"help": "LoRA steps of that update per shot"})
     lora_lr: float = field(default=1e-4, metadata={"help": "learning rate of that LoRA update"})
+    propagate: bool = field(default=False, metadata={"help": (
+        "curvature=kfac: after the decision, update the decoder layer by layer, each layer's A re-collected from "
+        "the calibration inputs as the already-updated layers below now produce them (SparseGPT's sequential "
+        "pass; the costs and G stay those of the shot's K-FAC pass); false: every update uses the shot's A")})
     layers_per_pass: int = field(default=0, metadata={"help": (
         "K-FAC factors of how many decoder layers are accumulated per forward/backward pass; 0 = all that fit "
         "in about half of the free device memory (more passes, bounded memory)")})

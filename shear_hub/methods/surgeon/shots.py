@@ -8,12 +8,13 @@ The mode supplies four functions: ``score(names, factors)`` per chunk, ``decide(
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import psutil
 import torch
 
-from .curvature import Factors, collect_kfac
+from .curvature import Factors, LayerwiseRunner, collect_kfac
 from .layerwise import layerwise_shot
 from .offloaded import offloaded_shot
 from .state import SurgeonRun
@@ -50,7 +51,7 @@ def run_shot(run: SurgeonRun, score, decide, update, before_updates=None) -> Non
     elif run.config.curvature == "layerwise":
         t1 = layerwise_shot(run, n_matrices, score, decide, update, before_updates)
     else:
-        t1 = _kfac_shot(run, chunks, gen, n_matrices, score, decide, update)
+        t1 = _kfac_shot(run, chunks, gen, n_matrices, score, decide, update, before_updates)
     run.shot_log.append({"curvature_and_costs_s": round(t1 - t0, 2),
                          "updates_s": round(time.perf_counter() - t1, 2), "passes": len(chunks)})
 
@@ -64,7 +65,7 @@ def _collect(run: SurgeonRun, k: int, layers: list[int], names: list[str], gen: 
 
 
 def _kfac_shot(run: SurgeonRun, chunks: list[list[int]], gen: torch.Generator, n_matrices: int,
-               score, decide, update) -> float:
+               score, decide, update, before_updates=None) -> float:
     """K-FAC curvature per chunk of layers, scored; decide; updates per chunk (the factors are collected again
     unless there is a single chunk). Returns the time the updates started."""
     kept = None
@@ -80,6 +81,12 @@ def _kfac_shot(run: SurgeonRun, chunks: list[list[int]], gen: torch.Generator, n
             bar.update(1)
     t1 = time.perf_counter()
     decide()
+    if run.config.propagate:
+        if before_updates is not None:
+            before_updates()
+        _propagated_updates(run, chunks, kept, gen, n_matrices, update)
+        run.bar = None
+        return t1
     pending: dict[str, torch.Tensor] = {}
     with run.stage("weight updates", n_matrices, "matrix"):
         for k, layers in enumerate(chunks):
@@ -94,3 +101,21 @@ def _kfac_shot(run: SurgeonRun, chunks: list[list[int]], gen: torch.Generator, n
     run.bar = None
     run.apply(pending)
     return t1
+
+
+def _propagated_updates(run: SurgeonRun, chunks: list[list[int]], kept: Factors | None, gen: torch.Generator,
+                        n_matrices: int, update) -> None:
+    """``propagate=true``: updates layer by layer, bottom-up, each written before the next layer's A is collected,
+    so a layer compensates on the inputs the pruned layers below really give it (SparseGPT's order). G and the
+    LM-head factors stay the shot's (re-collected per chunk when there was more than one)."""
+    model = run.ctx.model
+    runner = LayerwiseRunner(model, run.decoder_layers, run.batches(), run.compute_device)
+    with run.stage("weight updates", n_matrices, "matrix"):
+        for k, layers in enumerate(chunks):
+            shot = kept if kept is not None else _collect(run, k, layers, run.names(layers), gen)
+            for i in layers:
+                names = run.names([i])
+                A = runner.collect_A(i, {n: run.linears[n] for n in names})
+                run.apply(update(names, dataclasses.replace(shot, A=A, tokens=runner.tokens)))
+                runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
+            del shot
