@@ -28,11 +28,8 @@ from shear_hub.pruning import prune  # noqa: E402
 from shear_hub.recovery import RecoveryConfig, recover  # noqa: E402
 
 # variant -> RecoveryConfig overrides (``teacher`` is filled with the dense model)
-VARIANTS = {"lm": {}, "kd": {"kd_alpha": 0.5}, "kd-only": {"kd_alpha": 0.0},
-            # longer training on the same text (2.5x the default steps: 150 x 4 x 256 tokens, about 1.4 passes over
-            # the built-in mixed text)
-            "lm-150": {"steps": 150}}
-LM_VARIANTS = ("lm", "lm-150")  # language-model loss only: no teacher
+VARIANTS = {"lm": {}, "kd": {"kd_alpha": 0.5}, "kd-only": {"kd_alpha": 0.0}}
+LM_VARIANTS = ("lm",)  # language-model loss only: no teacher
 
 
 def _measured(folder: str, windows: int, eval_data: str) -> dict:

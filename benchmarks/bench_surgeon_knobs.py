@@ -38,6 +38,10 @@ VARIANTS = {
     "shots=4,lora": {"method_options": {"shots": 4, "lora_rank": 8, "lora_steps": 20}},
     # updates layer by layer on the inputs the already-updated layers below give (SparseGPT's order)
     "propagate": {"method_options": {"propagate": True}},
+    # query heads inside a KV group as a removable kind (Gemma-3-270M has one KV group per layer, so "heads" can
+    # remove nothing there), at the earlier, faster calibration size
+    "calib=32x256": {"calib_samples": 32, "seq_len": 256},
+    "qheads,calib=32x256": {"structures": "qheads,mlp", "calib_samples": 32, "seq_len": 256},
     "taylor": {"method": "taylor"},  # reference: the project's first-order Taylor baseline at the same size
     # per-layer layout (global allocation) with and without a floor on every layer's widths
     "per-layer": {"layout": "per-layer"},

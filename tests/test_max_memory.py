@@ -111,6 +111,7 @@ def test_malformed_cap_is_one_line(dense, tmp_path, capsys, value, words):
     (["--method", "lorashear"], "--max-memory supports --method magnitude or wanda or taylor or surgeon"),
     (["--method", "surgeon", "--option", "lora_rank=4"], "drop lora_rank=4"),
     (["--method", "surgeon", "--option", "mode=2:4"], "drop mode=2:4"),
+    (["--method", "surgeon", "--option", "propagate=true"], "drop propagate=true"),
     (["--method", "taylor", "--structures", "mlp,hidden"], "drop 'hidden' from --structures")])
 def test_settings_that_cannot_stream_are_refused_up_front(dense, tmp_path, args, words):
     done = subprocess.run(CLI + ["prune", str(dense), "--output", str(tmp_path / "out"), "--max-memory", "cpu=1GiB"]

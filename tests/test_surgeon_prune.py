@@ -70,6 +70,15 @@ def test_propagate_updates_later_layers_on_the_pruned_inputs(tiny_folder):
     assert (runs[True][1][last] - runs[False][1][last]).abs().max() > 1e-4
 
 
+def test_propagate_default_follows_the_mode():
+    """Unset, the mask modes propagate (measured win at 2:4) and structured does not (a tie for more time)."""
+    from shear_hub.methods.surgeon.config import SurgeonConfig
+
+    assert SurgeonConfig(mode="2:4").propagates and SurgeonConfig(mode="unstructured").propagates
+    assert not SurgeonConfig().propagates
+    assert SurgeonConfig(propagate=True).propagates and not SurgeonConfig(mode="2:4", propagate=False).propagates
+
+
 def test_obs_updates_improve_on_zeroing(tiny_folder):
     """Same structures, with and without the weight updates: the updates lower the calibration loss."""
     losses = {}

@@ -23,12 +23,13 @@ from .state import SurgeonRun
 def offload_refusal(cfg, hidden: bool) -> str | None:
     """What of these settings needs the whole model resident (None: they run under --max-memory)."""
     unsupported = [f"{key}={value}" for key, value, ok in (
-        ("mode", cfg.mode, cfg.mode == "structured"), ("lora_rank", cfg.lora_rank, not cfg.lora_rank)) if not ok]
+        ("mode", cfg.mode, cfg.mode == "structured"), ("lora_rank", cfg.lora_rank, not cfg.lora_rank),
+        ("propagate", "true", not cfg.propagates)) if not ok]
     if hidden:
         unsupported.append("'hidden' in --structures")
     if not unsupported:
         return None
-    return ("runs mode=structured without LoRA between shots or residual channels; drop "
+    return ("runs mode=structured without LoRA between shots, propagated updates or residual channels; drop "
             + ", ".join(unsupported))
 
 

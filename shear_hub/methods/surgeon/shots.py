@@ -81,7 +81,7 @@ def _kfac_shot(run: SurgeonRun, chunks: list[list[int]], gen: torch.Generator, n
             bar.update(1)
     t1 = time.perf_counter()
     decide()
-    if run.config.propagate:
+    if run.config.propagates:
         if before_updates is not None:
             before_updates()
         _propagated_updates(run, chunks, kept, gen, n_matrices, update)
