@@ -33,13 +33,20 @@ def layerwise_shot(run: SurgeonRun, n_matrices: int, score, decide, update, befo
         before_updates()
     runner = LayerwiseRunner(model, run.decoder_layers, run.batches(), run.compute_device)
     with run.stage("weight updates", n_matrices, "matrix"):
-        for i in range(run.n_layers):
-            names = run.names([i])
-            with _resident(run, i, names):
-                A = runner.collect_A(i, {n: run.linears[n] for n in names}, advance=False)
-                run.apply(update(names, Factors(A=A, tokens=runner.tokens)))
-                runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
+        update_bottom_up(run, runner, range(run.n_layers), update, lambda A: Factors(A=A, tokens=runner.tokens))
     return t1
+
+
+def update_bottom_up(run: SurgeonRun, runner: LayerwiseRunner, layers, update, factors) -> None:
+    """Update ``layers`` in order, each on A collected from the runner's current inputs (the outputs of the layers
+    below as already updated), then advance the runner through the updated layer. ``factors(A)`` builds what
+    ``update(names, factors)`` reads."""
+    for i in layers:
+        names = run.names([i])
+        with _resident(run, i, names):
+            A = runner.collect_A(i, {n: run.linears[n] for n in names}, advance=False)
+            run.apply(update(names, factors(A)))
+            runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import psutil
 import torch
 
 from .curvature import Factors, LayerwiseRunner, collect_kfac
-from .layerwise import layerwise_shot
+from .layerwise import layerwise_shot, update_bottom_up
 from .offloaded import offloaded_shot
 from .state import SurgeonRun
 
@@ -113,9 +113,6 @@ def _propagated_updates(run: SurgeonRun, chunks: list[list[int]], kept: Factors 
     with run.stage("weight updates", n_matrices, "matrix"):
         for k, layers in enumerate(chunks):
             shot = kept if kept is not None else _collect(run, k, layers, run.names(layers), gen)
-            for i in layers:
-                names = run.names([i])
-                A = runner.collect_A(i, {n: run.linears[n] for n in names})
-                run.apply(update(names, dataclasses.replace(shot, A=A, tokens=runner.tokens)))
-                runner.run(i, advance=True)  # the next layer sees this layer's updated outputs
+            update_bottom_up(run, runner, layers, update,
+                             lambda A, shot=shot: dataclasses.replace(shot, A=A, tokens=runner.tokens))
             del shot
