@@ -29,7 +29,6 @@ from shear_hub.recovery import RecoveryConfig, recover  # noqa: E402
 
 # variant -> RecoveryConfig overrides (``teacher`` is filled with the dense model)
 VARIANTS = {"lm": {}, "kd": {"kd_alpha": 0.5}, "kd-only": {"kd_alpha": 0.0}}
-LM_VARIANTS = ("lm",)  # language-model loss only: no teacher
 
 
 def _measured(folder: str, windows: int, eval_data: str) -> dict:
@@ -45,8 +44,6 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16, help="512-token windows per text")
     ap.add_argument("--eval-data", default=str(EVAL))
     ap.add_argument("--no-control", action="store_true", help="skip the dense model's recoveries")
-    ap.add_argument("--control-variants", default=None,
-                    help="comma-separated: give only these variants a control run (default: every variant)")
     ap.add_argument("--json", default=None, help="append one JSON line per row")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
@@ -71,12 +68,10 @@ def main() -> None:
         prune(args.model, pruned, sparsity=args.sparsity, progress=False, evaluate=False)
         record({"model": f"pruned {args.sparsity:.0%}", "recovery": "-", "seconds": round(time.perf_counter() - t, 1),
                 **_measured(pruned, args.windows, args.eval_data)})
-        controlled = set(variants if args.control_variants is None else args.control_variants.split(","))
+        sources = [(f"pruned {args.sparsity:.0%}", pruned)] + ([] if args.no_control else [("dense", args.model)])
         for variant in variants:
-            with_control = not args.no_control and variant in controlled
-            sources = [(f"pruned {args.sparsity:.0%}", pruned)] + ([("dense", args.model)] if with_control else [])
             for label, source in sources:
-                cfg = RecoveryConfig(teacher=None if variant in LM_VARIANTS else args.model, save_every=0,
+                cfg = RecoveryConfig(teacher=None if variant == "lm" else args.model, save_every=0,
                                      **VARIANTS[variant])
                 out = Path(work) / f"{variant}-{label.split()[0]}"
                 t = time.perf_counter()
