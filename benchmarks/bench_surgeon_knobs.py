@@ -42,6 +42,12 @@ VARIANTS = {
     # remove nothing there), at the earlier, faster calibration size
     "calib=32x256": {"calib_samples": 32, "seq_len": 256},
     "qheads,calib=32x256": {"structures": "qheads,mlp", "calib_samples": 32, "seq_len": 256},
+    # the winning knobs at 30/40% at the faster calibration size, against the "calib=32x256" row
+    "shots=4,calib=32x256": {"method_options": {"shots": 4}, "calib_samples": 32, "seq_len": 256},
+    "shots=4,lora,calib=32x256": {"method_options": {"shots": 4, "lora_rank": 8, "lora_steps": 20},
+                                  "calib_samples": 32, "seq_len": 256},
+    # residual-stream channels as a third kind (each also shrinks the tied embedding), at the faster calibration size
+    "hidden,calib=32x256": {"structures": "heads,mlp,hidden", "calib_samples": 32, "seq_len": 256},
     "taylor": {"method": "taylor"},  # reference: the project's first-order Taylor baseline at the same size
     # per-layer layout (global allocation) with and without a floor on every layer's widths
     "per-layer": {"layout": "per-layer"},
