@@ -38,12 +38,12 @@ VARIANTS = {
     "shots=4,lora": {"method_options": {"shots": 4, "lora_rank": 8, "lora_steps": 20}},
     # updates layer by layer on the inputs the already-updated layers below give (SparseGPT's order)
     "propagate": {"method_options": {"propagate": True}},
-    # query heads inside a KV group as a removable kind (Gemma-3-270M has one KV group per layer, so "heads" can
-    # remove nothing there), at the earlier, faster calibration size
+    # the earlier, faster calibration size: the reference row for the variants below measured at that size
     "calib=32x256": {"calib_samples": 32, "seq_len": 256},
+    # query heads inside a KV group as a removable kind (Gemma-3-270M has one KV group per layer, so "heads" can
+    # remove nothing there)
     "qheads,calib=32x256": {"structures": "qheads,mlp", "calib_samples": 32, "seq_len": 256},
-    # the winning knobs at 30/40% at the faster calibration size, against the "calib=32x256" row
-    "shots=4,calib=32x256": {"method_options": {"shots": 4}, "calib_samples": 32, "seq_len": 256},
+    # LoRA between shots at 30/40%, against the "calib=32x256" row
     "shots=4,lora,calib=32x256": {"method_options": {"shots": 4, "lora_rank": 8, "lora_steps": 20},
                                   "calib_samples": 32, "seq_len": 256},
     # residual-stream channels as a third kind (each also shrinks the tied embedding), at the faster calibration size

@@ -24,7 +24,8 @@ def offload_refusal(cfg, hidden: bool) -> str | None:
     """What of these settings needs the whole model resident (None: they run under --max-memory)."""
     unsupported = [f"{key}={value}" for key, value, ok in (
         ("mode", cfg.mode, cfg.mode == "structured"), ("lora_rank", cfg.lora_rank, not cfg.lora_rank),
-        ("propagate", "true", not cfg.propagates)) if not ok]
+        # only an explicit propagate=true: the mask modes' default goes with dropping their mode
+        ("propagate", "true", cfg.propagate is not True)) if not ok]
     if hidden:
         unsupported.append("'hidden' in --structures")
     if not unsupported:
