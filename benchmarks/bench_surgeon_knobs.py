@@ -11,6 +11,10 @@ same windows.
 
     python benchmarks/bench_surgeon_knobs.py --sparsities 0.2 --windows 16
     python benchmarks/bench_surgeon_knobs.py --variants "default;shots=4" --sparsities 0.3,0.4
+    python benchmarks/bench_surgeon_knobs.py --variants "shots=4,lora" --sparsities "" --lora-control
+
+``--lora-control`` adds, for a variant that fits LoRA between shots, the dense model given the same fits with
+nothing removed: the part of that variant's gain that is training on the calibration text, not repair of the prune.
 """
 
 from __future__ import annotations
@@ -21,12 +25,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_layouts import EVAL, measure  # noqa: E402  (same protocol as the layout table)
 
+from shear_hub.data import calibration_batches  # noqa: E402
 from shear_hub.loading import load_model  # noqa: E402
-from shear_hub.pruning import prune  # noqa: E402
+from shear_hub.methods.base import PruneContext  # noqa: E402
+from shear_hub.methods.surgeon.config import SurgeonConfig  # noqa: E402
+from shear_hub.methods.surgeon.lora import lora_update  # noqa: E402
+from shear_hub.pruning import calibration_size, prune  # noqa: E402
 
 # variant -> prune keyword arguments (method options under "method_options")
 VARIANTS = {
@@ -53,30 +64,71 @@ VARIANTS = {
     "per-layer": {"layout": "per-layer"},
     "per-layer,min_keep=0.25": {"layout": "per-layer", "method_options": {"min_keep": 0.25}},
     "per-layer,min_keep=0.5": {"layout": "per-layer", "method_options": {"min_keep": 0.5}},
+    # LoRA between shots in the per-layer layout (its min_keep default applies), at the faster calibration size
+    "per-layer,shots=4,lora,calib=32x256": {"layout": "per-layer", "calib_samples": 32, "seq_len": 256,
+                                            "method_options": {"shots": 4, "lora_rank": 8, "lora_steps": 20}},
 }
+
+
+def lora_control(model_name: str, variant: str):
+    """The dense model given ``variant``'s between-shot LoRA fits and nothing removed: ``shots - 1`` fits of
+    ``lora_steps`` steps each on the prune's own calibration windows, each merged before the next, as the surgeon
+    runs them. What the fit alone does to the dense model: the control a LoRA variant's gain is read against."""
+    kw = VARIANTS[variant]
+    cfg = SurgeonConfig(**kw.get("method_options", {}))
+    samples, seq_len = calibration_size("surgeon", kw.get("calib_samples"), kw.get("seq_len"))
+    model, tok, _ = load_model(model_name)
+    torch.manual_seed(0)  # prune's seed: the LoRA factors start from the same draws
+    windows = calibration_batches(tok, kw.get("calib"), samples, seq_len, seed=0)
+    ctx = PruneContext(model, tok, None, windows, 0, 0, "uniform", [], progress=False)
+    # the surgeon's projections: every linear inside a decoder layer (q/k/v/o, gate/up/down)
+    linears = {f"{name}.weight": mod for name, mod in model.named_modules()
+               if isinstance(mod, torch.nn.Linear) and ".layers." in name}
+    run = SimpleNamespace(config=cfg, ctx=ctx, linears=linears, params=None)
+    for _ in range(cfg.shots - 1):
+        lora_update(run, [])
+    return model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--sparsities", default="0.2")
+    ap.add_argument("--sparsities", default="0.2", help="','-separated; empty: no pruned rows (e.g. the controls only)")
     ap.add_argument("--variants", default=";".join(VARIANTS), help=f"';'-separated, from: {', '.join(VARIANTS)}")
     ap.add_argument("--windows", type=int, default=16, help="512-token windows per text")
     ap.add_argument("--eval-data", default=str(EVAL))
     ap.add_argument("--json", default=None, help="append one JSON line per row")
+    ap.add_argument("--lora-control", action="store_true",
+                    help="for each variant that fits LoRA between shots, a row of the dense model given the same fits "
+                         "and nothing removed (sparsity 0%%)")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(";") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant {unknown[0]!r}; use one of {', '.join(VARIANTS)}")
+    fitted = [v for v in variants if VARIANTS[v].get("method_options", {}).get("lora_rank")]
+    if args.lora_control and not fitted:
+        ap.error("--lora-control needs a variant that fits LoRA between shots, e.g. --variants \"shots=4,lora\"")
 
     dense, tok, _ = load_model(args.model)
     rows = [{"sparsity": 0.0, "variant": "dense", "removed": 0.0, "prune_s": 0.0, "calib_heldout": None,
              **measure(dense, tok, args.windows, args.eval_data)}]
     del dense
     print(json.dumps(rows[-1]), flush=True)
+    for variant in fitted if args.lora_control else []:
+        t = time.perf_counter()
+        control = lora_control(args.model, variant)
+        row = {"sparsity": 0.0, "variant": f"dense + {variant}'s LoRA fits (control)", "removed": 0.0,
+               "prune_s": round(time.perf_counter() - t, 1), "calib_heldout": None,
+               **measure(control, tok, args.windows, args.eval_data)}
+        del control
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
     with tempfile.TemporaryDirectory() as work:
-        for sparsity in (float(s) for s in args.sparsities.split(",")):
+        for sparsity in (float(s) for s in args.sparsities.split(",") if s):
             for variant in variants:
                 t = time.perf_counter()
                 result = prune(args.model, Path(work) / f"{variant}-{sparsity}", sparsity=sparsity,
