@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_layouts import EVAL, measure
+from bench_layouts import EVAL, measure, record
 
 from shear_hub.loading import load_model
 from shear_hub.pruning import prune
@@ -47,11 +47,7 @@ def main() -> None:
             row = {"calib": calib, "removed": round(result.achieved_sparsity, 4), "prune_s": round(took, 1),
                    **measure(result.model, tok, args.windows, args.eval_data)}
             del result
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.json:
-                with open(args.json, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+            record(rows, row, args.json)
     names = [k for k in rows[0] if k not in ("calib", "removed", "prune_s", "geomean", "pydocs_eval")]
     dense_gm, dense_py = rows[0]["geomean"], rows[0]["pydocs_eval"]
     print(f"\n{args.model}, surgeon defaults, {args.sparsity:.0%} {args.layout}, {args.windows} x 512 tokens per text")

@@ -31,6 +31,16 @@ def measure(model, tok, windows: int, eval_data: str) -> dict:
     return row
 
 
+def record(rows: list[dict], row: dict, json_path: str | None) -> None:
+    """Keep ``row`` for the table, print it as a JSON line and append it to ``json_path`` (when given), so that a run
+    stopped part-way still leaves its finished rows."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    if json_path:
+        with open(json_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
@@ -55,11 +65,7 @@ def main() -> None:
                 took = time.perf_counter() - t
                 row = {"sparsity": sparsity, "layout": layout, "removed": round(result.achieved_sparsity, 4),
                        "prune_s": round(took, 1), **measure(result.model, tok, args.windows, args.eval_data)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.json:
-                    with open(args.json, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                record(rows, row, args.json)
     names = [k for k in rows[0] if k not in ("sparsity", "layout", "removed", "prune_s", "geomean", "pydocs_eval")]
     dense_gm, dense_py = rows[0]["geomean"], rows[0]["pydocs_eval"]
     print(f"\n{args.model}, surgeon defaults, {args.windows} x 512 tokens per text")

@@ -14,14 +14,13 @@ pydocs_eval (the calibration domain) in one run with the same windows:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layouts import EVAL, measure  # noqa: E402  (the protocol of the layout and knob tables)
+from bench_layouts import EVAL, measure, record  # noqa: E402  (the protocol of the layout and knob tables)
 
 from shear_hub.loading import load_model  # noqa: E402
 from shear_hub.pruning import prune  # noqa: E402
@@ -53,11 +52,7 @@ def main() -> None:
     rows: list[dict] = []
 
     def record(row: dict) -> None:
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.json:
-            with open(args.json, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+        record(rows, row, args.json)
 
     with tempfile.TemporaryDirectory() as work:
         dense, tok, _ = load_model(args.model)

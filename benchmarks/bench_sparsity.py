@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layouts import EVAL, measure  # noqa: E402  (the protocol of the layout and knob tables)
+from bench_layouts import EVAL, measure, record  # noqa: E402  (the protocol of the layout and knob tables)
 
 from shear_hub.data import load_text, random_window_starts, tokenize_text  # noqa: E402
 from shear_hub.loading import load_model  # noqa: E402
@@ -67,16 +67,9 @@ def main() -> None:
 
     rows: list[dict] = []
 
-    def record(row: dict) -> None:
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.json:
-            with open(args.json, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
     dense, tok, _ = load_model(args.model)
-    record({"structure": "-", "method": "dense", "zeros": 0.0, "seconds": 0.0,
-            **measure(dense, tok, args.windows, args.eval_data)})
+    record(rows, {"structure": "-", "method": "dense", "zeros": 0.0, "seconds": 0.0,
+                  **measure(dense, tok, args.windows, args.eval_data)}, args.json)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         dense_dir, windows_file = work / "dense", work / "windows.safetensors"
@@ -94,9 +87,9 @@ def main() -> None:
                                calib_samples=args.calib_samples, seq_len=args.seq_len, method_options=options,
                                progress=False, evaluate=False, return_model=True, overwrite=True)
                 seconds = time.perf_counter() - t
-                record({"structure": structure, "method": f"surgeon {variant}", "seconds": round(seconds, 1),
-                        "zeros": result.report.method_report.get("mask_sparsity"),
-                        **measure(result.model, tok, args.windows, args.eval_data)})
+                record(rows, {"structure": structure, "method": f"surgeon {variant}", "seconds": round(seconds, 1),
+                              "zeros": result.report.method_report.get("mask_sparsity"),
+                              **measure(result.model, tok, args.windows, args.eval_data)}, args.json)
                 del result
             for anchor in (a for a in args.anchors.split(",") if a and args.llmc_python):
                 out = work / f"{anchor}-{structure.replace(':', '_')}.safetensors"
@@ -109,9 +102,9 @@ def main() -> None:
                     meta = fh.metadata()
                 dense.load_state_dict(original)
                 dense.load_state_dict(weights, strict=False)
-                record({"structure": structure, "method": f"{anchor} (llm-compressor)",
-                        "seconds": float(meta["seconds"]), "zeros": float(meta["zeros"]),
-                        **measure(dense, tok, args.windows, args.eval_data)})
+                record(rows, {"structure": structure, "method": f"{anchor} (llm-compressor)",
+                              "seconds": float(meta["seconds"]), "zeros": float(meta["zeros"]),
+                              **measure(dense, tok, args.windows, args.eval_data)}, args.json)
         dense.load_state_dict(original)
 
     skip = ("structure", "method", "zeros", "seconds", "geomean", "pydocs_eval")

@@ -25,19 +25,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layouts import EVAL, measure  # noqa: E402  (same protocol as the layout table)
+from bench_layouts import EVAL, measure, record  # noqa: E402  (same protocol as the layout table)
 
 from shear_hub.data import calibration_batches  # noqa: E402
 from shear_hub.loading import load_model  # noqa: E402
 from shear_hub.methods.base import PruneContext  # noqa: E402
 from shear_hub.methods.surgeon.config import SurgeonConfig  # noqa: E402
 from shear_hub.methods.surgeon.lora import lora_update  # noqa: E402
+from shear_hub.methods.surgeon.state import start_run  # noqa: E402
 from shear_hub.pruning import calibration_size, prune  # noqa: E402
+from shear_hub.structures import build_graph  # noqa: E402
 
 # variant -> prune keyword arguments (method options under "method_options")
 VARIANTS = {
@@ -80,11 +81,8 @@ def lora_control(model_name: str, variant: str):
     model, tok, _ = load_model(model_name)
     torch.manual_seed(0)  # prune's seed: the LoRA factors start from the same draws
     windows = calibration_batches(tok, kw.get("calib"), samples, seq_len, seed=0)
-    ctx = PruneContext(model, tok, None, windows, 0, 0, "uniform", [], progress=False)
-    # the surgeon's projections: every linear inside a decoder layer (q/k/v/o, gate/up/down)
-    linears = {f"{name}.weight": mod for name, mod in model.named_modules()
-               if isinstance(mod, torch.nn.Linear) and ".layers." in name}
-    run = SimpleNamespace(config=cfg, ctx=ctx, linears=linears, params=None)
+    ctx = PruneContext(model, tok, build_graph(model, ["mlp"]), windows, 0, 0, "uniform", ["mlp"], progress=False)
+    run = start_run(ctx, cfg)  # the surgeon's own run state: the same projections get the LoRA factors
     for _ in range(cfg.shots - 1):
         lora_update(run, [])
     return model
@@ -122,11 +120,7 @@ def main() -> None:
                "prune_s": round(time.perf_counter() - t, 1), "calib_heldout": None,
                **measure(control, tok, args.windows, args.eval_data)}
         del control
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.json:
-            with open(args.json, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+        record(rows, row, args.json)
     with tempfile.TemporaryDirectory() as work:
         for sparsity in (float(s) for s in args.sparsities.split(",") if s):
             for variant in variants:
@@ -138,11 +132,7 @@ def main() -> None:
                        "prune_s": round(took, 1), "calib_heldout": result.perplexity_after,
                        "calib_heldout_dense": result.perplexity_before,
                        **measure(result.model, tok, args.windows, args.eval_data)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.json:
-                    with open(args.json, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                record(rows, row, args.json)
     skip = ("sparsity", "variant", "removed", "prune_s", "geomean", "pydocs_eval", "calib_heldout",
             "calib_heldout_dense")
     names = [k for k in rows[0] if k not in skip]
